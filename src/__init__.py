@@ -1,0 +1,1 @@
+"""Lipschitz constants of monotone deep equilibrium models: a reproducibility pipeline."""

@@ -1,0 +1,1 @@
+"""Monotone deep equilibrium models: operators, splitting methods, implicit layer."""

@@ -1,0 +1,57 @@
+"""Fully connected monotone operator: W = (1-m) I - A^T A + B - B^T."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .operator import MonotoneOperator, Resolvent
+
+
+class DenseResolvent(Resolvent):
+    def __init__(self, inverse: torch.Tensor):
+        self.inverse = inverse
+
+    def apply(self, z: torch.Tensor) -> torch.Tensor:
+        return z @ self.inverse.T
+
+    def apply_transpose(self, z: torch.Tensor) -> torch.Tensor:
+        return z @ self.inverse
+
+
+class FullyConnectedOperator(MonotoneOperator):
+    """Width-h operator on flattened inputs; parameter names follow monotone_op_net."""
+
+    def __init__(self, in_dim: int, width: int, m: float):
+        super().__init__()
+        self.U = nn.Linear(in_dim, width)
+        self.A = nn.Linear(width, width, bias=False)
+        self.B = nn.Linear(width, width, bias=False)
+        self.m = float(m)
+        self.state_size = width
+        self.input_shape = (in_dim,)
+
+    def weight(self) -> torch.Tensor:
+        A, B = self.A.weight, self.B.weight
+        eye = torch.eye(self.state_size, dtype=A.dtype, device=A.device)
+        return (1 - self.m) * eye - A.T @ A + B - B.T
+
+    def input_term(self, x: torch.Tensor) -> torch.Tensor:
+        return self.U(x.flatten(1))
+
+    def multiply(self, z: torch.Tensor) -> torch.Tensor:
+        return z @ self.weight().T
+
+    def multiply_transpose(self, z: torch.Tensor) -> torch.Tensor:
+        return z @ self.weight()
+
+    @torch.no_grad()
+    def resolvent(self, alpha: float) -> DenseResolvent:
+        W = self.weight()
+        eye = torch.eye(self.state_size, dtype=W.dtype, device=W.device)
+        return DenseResolvent(torch.linalg.inv((1 + alpha) * eye - alpha * W))
+
+    def dense_matrix(self) -> torch.Tensor:
+        return self.weight()
+
+    def dense_input_matrix(self) -> torch.Tensor:
+        return self.U.weight

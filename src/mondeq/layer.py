@@ -1,0 +1,97 @@
+"""The implicit layer: solve for the equilibrium, differentiate implicitly."""
+from __future__ import annotations
+
+import warnings
+
+import torch
+from torch import nn
+
+from .operator import MonotoneOperator
+from .splitting import SPLITTING_METHODS, SolverConfig, SolveStats
+
+
+class MonDEQLayer(nn.Module):
+    """z*(x) = relu(W z* + U x + b), with gradients from the adjoint equation.
+
+    The equilibrium is found without autograd; one application of the layer
+    map at z* then re-enters the graph, and a hook on its output replaces the
+    incoming gradient g by (I - W^T D)^-1 g, computed by the same splitting
+    method on the adjoint system u = D (W^T u + g).
+    """
+
+    def __init__(self, operator: MonotoneOperator, solver: SolverConfig, name: str):
+        super().__init__()
+        self.operator = operator
+        self.solver = solver
+        self.name = name
+        self.alpha = float(solver.alpha)
+        self.fwd_stats = SolveStats()
+        self.bwd_stats = SolveStats()
+        self._warned = False
+
+    @property
+    def method(self):
+        return SPLITTING_METHODS[self.solver.name]
+
+    def _nonfinite(self, iters: int) -> None:
+        raise FloatingPointError(
+            f"{self.name} (m={self.operator.m}): NaN or Inf in the equilibrium state after "
+            f"{iters} iterations of {self.solver.name} (alpha={self.alpha}); check the input and weights")
+
+    def _check_converged(self, stats: SolveStats, what: str, tol: float) -> None:
+        if not stats.converged and not self._warned:
+            self._warned = True
+            warnings.warn(
+                f"{self.name} (m={self.operator.m}): {what} solve did not converge in {stats.iters} "
+                f"iterations: relative residual {stats.residual:.3g} > tol {tol:g} "
+                f"(splitting={self.solver.name}, alpha={self.alpha}); warned once per layer",
+                RuntimeWarning, stacklevel=3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        op, cfg = self.operator, self.solver
+        bias = op.input_term(x)
+        with torch.no_grad():
+            resolvent = op.resolvent(self.alpha) if self.method.name == "pr" else None
+            z_star, self.fwd_stats = self.method.forward(
+                op, bias.detach(), self.alpha, resolvent, cfg.fwd_tol, cfg.fwd_max_iter,
+                cfg.check_every, self._nonfinite)
+        self._check_converged(self.fwd_stats, "forward", cfg.fwd_tol)
+        z = op.nonlinearity(op.multiply(z_star) + bias)
+        if z.requires_grad:
+            active = (z > 0).to(z.dtype).detach()
+            z.register_hook(lambda g: self._implicit_grad(g, active, resolvent))
+        return z
+
+    @torch.no_grad()
+    def _implicit_grad(self, g: torch.Tensor, active: torch.Tensor, resolvent) -> torch.Tensor:
+        op, cfg = self.operator, self.solver
+        u, self.bwd_stats = self.method.adjoint(
+            op, g, active, self.alpha, resolvent, cfg.bwd_tol, cfg.bwd_max_iter,
+            cfg.check_every, self._nonfinite)
+        self._check_converged(self.bwd_stats, "backward", cfg.bwd_tol)
+        return g + op.multiply_transpose(u)
+
+    @torch.no_grad()
+    def tune_alpha(self, x: torch.Tensor, max_alpha: float = 1.0) -> float:
+        """Halve alpha from `max_alpha` while the forward iterations keep falling (as monotone_op_net)."""
+        original = self.alpha
+
+        def iters_at(alpha: float) -> int:
+            self.alpha = alpha
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", RuntimeWarning)
+                    self(x)
+            except FloatingPointError:  # FB diverges for too large an alpha
+                return self.solver.fwd_max_iter + 1
+            return self.fwd_stats.iters if self.fwd_stats.converged else self.solver.fwd_max_iter
+
+        alpha = max_alpha
+        best = iters_at(alpha)
+        while alpha > 1e-4:
+            n = iters_at(alpha / 2)
+            if n > best:
+                break
+            alpha, best = alpha / 2, n
+        self.alpha = original if best >= self.solver.fwd_max_iter else alpha
+        return self.alpha

@@ -1,0 +1,85 @@
+"""The contract every monotone operator W implements.
+
+The splitting methods only ever see flat states of shape (batch, n): an
+operator owns the layout of its state (one tier or several, images or
+vectors) and reshapes internally.  This keeps the solvers free of per-tier
+Python loops and lets one elementwise op cover every tier at once.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class Resolvent:
+    """(I + alpha (I - W))^-1 and its transpose for frozen weights.
+
+    Built once per solve (or per weight update) by `MonotoneOperator.resolvent`;
+    it holds no autograd graph.
+    """
+
+    def apply(self, z: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def apply_transpose(self, z: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class MonotoneOperator(nn.Module):
+    """W with I - W >= m I for every value of its parameters.
+
+    Subclasses set `state_size` (n) and `m`, may register a buffer
+    `active_mask` of shape (n,) (1 where the ReLU may be non-zero, 0 on the
+    zeroed image borders), and implement the methods below.  All maps act on
+    rows: `multiply(z)` returns (W z^T)^T for z of shape (batch, n).
+    """
+
+    m: float
+    state_size: int
+    input_shape: tuple[int, ...]
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("active_mask", None, persistent=False)
+
+    def input_term(self, x: torch.Tensor) -> torch.Tensor:
+        """U x + b as a flat (batch, n) state."""
+        raise NotImplementedError
+
+    def multiply(self, z: torch.Tensor) -> torch.Tensor:
+        """W z."""
+        raise NotImplementedError
+
+    def multiply_transpose(self, z: torch.Tensor) -> torch.Tensor:
+        """W^T z."""
+        raise NotImplementedError
+
+    def resolvent(self, alpha: float) -> Resolvent:
+        """(I + alpha (I - W))^-1 for the current weights, without autograd."""
+        raise NotImplementedError
+
+    def nonlinearity(self, z: torch.Tensor) -> torch.Tensor:
+        """The proximal step: ReLU, zeroed outside `active_mask`."""
+        z = torch.relu(z)
+        if self.active_mask is not None:
+            z = z * self.active_mask
+        return z
+
+    def dense_matrix(self) -> torch.Tensor:
+        """W as an (n, n) matrix, built column by column (small sizes only)."""
+        eye = torch.eye(self.state_size, dtype=self._dtype(), device=self._device())
+        return self.multiply(eye).T
+
+    def dense_input_matrix(self) -> torch.Tensor:
+        """U as an (n, d) matrix acting on the flattened input (small sizes only)."""
+        d = int(torch.tensor(self.input_shape).prod())
+        eye = torch.eye(d, dtype=self._dtype(), device=self._device())
+        zero = torch.zeros(1, *self.input_shape, dtype=eye.dtype, device=eye.device)
+        cols = self.input_term(eye.reshape(d, *self.input_shape)) - self.input_term(zero)
+        return cols.T
+
+    def _dtype(self) -> torch.dtype:
+        return next(self.parameters()).dtype
+
+    def _device(self) -> torch.device:
+        return next(self.parameters()).device

@@ -1,0 +1,183 @@
+"""The monDEQ engine against independent float64 references."""
+import warnings
+
+import pytest
+import torch
+
+from src.mondeq.conv import SingleConvOperator
+from src.mondeq.fc import FullyConnectedOperator
+from src.mondeq.layer import MonDEQLayer
+from src.mondeq.splitting import SolverConfig
+from src.mondeq.networks import MonConvNet, MonFCNet
+
+TIGHT = dict(fwd_tol=1e-12, bwd_tol=1e-12, fwd_max_iter=20000, bwd_max_iter=20000, check_every=1)
+
+
+def fb_alpha(op) -> float:
+    """A step for which forward-backward provably converges: m / ||I - W||^2."""
+    W = op.dense_matrix()
+    eye = torch.eye(W.shape[0], dtype=W.dtype)
+    return op.m / torch.linalg.matrix_norm(eye - W, ord=2).item() ** 2
+
+
+def fc_op(seed=0, width=12, in_dim=7, m=0.5):
+    torch.manual_seed(seed)
+    return FullyConnectedOperator(in_dim, width, m).double()
+
+
+def conv_op(seed=0, m=0.5):
+    torch.manual_seed(seed)
+    op = SingleConvOperator(2, 3, 6, m).double()
+    with torch.no_grad():
+        op.g.fill_(1.7)
+        op.h.fill_(0.6)
+    return op
+
+
+def dense_equilibrium(W: torch.Tensor, b: torch.Tensor, mask: torch.Tensor, z_guess: torch.Tensor):
+    """Solve z = mask*relu(W z + b) exactly on the active set of a guess, then check the KKT conditions."""
+    out = torch.zeros_like(b)
+    for i in range(b.shape[0]):
+        S = (z_guess[i] > 1e-9) & (mask > 0)
+        WSS = W[S][:, S]
+        zS = torch.linalg.solve(torch.eye(int(S.sum()), dtype=W.dtype) - WSS, b[i, S])
+        out[i, S] = zS
+        pre = W @ out[i] + b[i]
+        assert (zS > 0).all(), "active set is not consistent"
+        assert (pre[~S & (mask > 0)] <= 1e-9).all(), "inactive units would activate"
+    return out
+
+
+@pytest.mark.parametrize("make_op", [fc_op, conv_op])
+def test_fb_and_pr_match_dense_float64_equilibrium(make_op):
+    op = make_op()
+    x = torch.randn(5, *op.input_shape, dtype=torch.float64)
+    b = op.input_term(x).detach()
+    solutions = {}
+    for name, alpha in (("pr", 1.0), ("fb", fb_alpha(op))):
+        layer = MonDEQLayer(op, SolverConfig(name=name, alpha=alpha, **TIGHT), "test")
+        with torch.no_grad():
+            solutions[name] = layer(x)
+        assert layer.fwd_stats.converged
+    mask = op.active_mask if op.active_mask is not None else torch.ones(op.state_size, dtype=torch.float64)
+    exact = dense_equilibrium(op.dense_matrix().detach(), b, mask, solutions["pr"])
+    for z in solutions.values():
+        assert (z - exact).norm() / exact.norm() <= 1e-6
+
+
+def unrolled_equilibrium(op, x, iters):
+    """Plain differentiable forward-backward iteration, no implicit tricks."""
+    alpha = fb_alpha(op)
+    b = op.input_term(x)
+    z = torch.zeros_like(b)
+    for _ in range(iters):
+        z = op.nonlinearity((1 - alpha) * z + alpha * (op.multiply(z) + b))
+    return z
+
+
+def grads(op, x, z, weights):
+    loss = (z * weights).sum() + 0.1 * (z ** 2).sum()
+    params = [x] + list(op.parameters())
+    return torch.autograd.grad(loss, params)
+
+
+@pytest.mark.parametrize("method", ["pr", "fb"])
+@pytest.mark.parametrize("make_op,iters", [(fc_op, 1500), (conv_op, 700)])
+def test_implicit_gradient_matches_unrolled_autograd(make_op, iters, method):
+    op = make_op(seed=3)
+    x = torch.randn(3, *op.input_shape, dtype=torch.float64, requires_grad=True)
+    weights = torch.randn(3, op.state_size, dtype=torch.float64)
+    alpha = 1.0 if method == "pr" else fb_alpha(op)
+    layer = MonDEQLayer(op, SolverConfig(name=method, alpha=alpha, **TIGHT), "test")
+    implicit = grads(op, x, layer(x), weights)
+    reference = grads(op, x, unrolled_equilibrium(op, x, iters), weights)
+    for got, want in zip(implicit, reference):
+        assert torch.allclose(got, want, rtol=1e-6, atol=1e-9), (got - want).abs().max()
+
+
+def test_conv_adjoint_identity():
+    op = conv_op(seed=1)
+    z = torch.randn(4, op.state_size, dtype=torch.float64)
+    y = torch.randn(4, op.state_size, dtype=torch.float64)
+    lhs = (op.multiply(z) * y).sum()
+    rhs = (z * op.multiply_transpose(y)).sum()
+    assert torch.allclose(lhs, rhs, rtol=1e-12)
+
+
+@pytest.mark.parametrize("alpha", [0.3, 1.0, 4.0])
+def test_conv_fft_resolvent_equals_dense_inverse(alpha):
+    op = conv_op(seed=2)
+    W = op.dense_matrix().detach()
+    eye = torch.eye(op.state_size, dtype=torch.float64)
+    dense_inv = torch.linalg.inv(eye + alpha * (eye - W))
+    z = torch.randn(3, op.state_size, dtype=torch.float64)
+    R = op.resolvent(alpha)
+    assert torch.allclose(R.apply(z), z @ dense_inv.T, rtol=1e-10, atol=1e-12)
+    assert torch.allclose(R.apply_transpose(z), z @ dense_inv, rtol=1e-10, atol=1e-12)
+
+
+def test_conv_matches_direct_convolution_formula():
+    """W z against F.conv2d on a circularly padded image, written out independently."""
+    import torch.nn.functional as F
+    op = conv_op(seed=4)
+    z = torch.randn(2, *op.shape, dtype=torch.float64)
+    A = op.A.weight / op.A.weight.norm()
+    B = op.h * op.B.weight / op.B.weight.norm()
+
+    def conv(v, k):
+        return F.conv2d(F.pad(v, (1, 1, 1, 1), mode="circular"), k)
+
+    def conv_t(v, k):  # adjoint of conv: flip the kernel and swap channels
+        return conv(v, k.flip(-1, -2).transpose(0, 1))
+
+    want = (1 - op.m) * z - op.g * conv_t(conv(z, A), A) + conv(z, B) - conv_t(z, B)
+    assert torch.allclose(op.multiply(z.flatten(1)), want.flatten(1), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("make_op", [fc_op, conv_op])
+def test_strong_monotonicity(make_op):
+    op = make_op(seed=5, m=0.3) if make_op is fc_op else conv_op(seed=5, m=0.3)
+    W = op.dense_matrix().detach()
+    eye = torch.eye(W.shape[0], dtype=W.dtype)
+    sym = eye - (W + W.T) / 2
+    assert torch.linalg.eigvalsh(sym).min() >= op.m - 1e-6
+
+
+def test_non_convergence_warns_once():
+    op = fc_op()
+    layer = MonDEQLayer(op, SolverConfig(name="pr", fwd_tol=1e-14, fwd_max_iter=2, check_every=1), "test")
+    x = torch.randn(4, 7, dtype=torch.float64)
+    with pytest.warns(RuntimeWarning, match="did not converge"):
+        layer(x)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        layer(x)
+
+
+def test_nan_input_raises_naming_model_and_m():
+    torch.manual_seed(0)
+    net = MonFCNet((1, 4, 4), 10, 8, 2.5, SolverConfig())
+    x = torch.randn(2, 1, 4, 4)
+    x[0, 0, 0, 0] = float("nan")
+    with pytest.raises(FloatingPointError, match=r"mon_fc.*m=2\.5"):
+        net(x)
+
+
+def test_tune_alpha_keeps_fb_convergent():
+    torch.manual_seed(0)
+    net = MonFCNet((1, 4, 4), 10, 16, 1.0, SolverConfig(name="fb", alpha=1.0))
+    x = torch.randn(8, 1, 4, 4)
+    alpha = net.tune_alpha(x)
+    assert 0 < alpha <= 1.0
+    net(x)
+    assert net.mon.fwd_stats.converged
+
+
+def test_conv_net_shapes_and_stats():
+    torch.manual_seed(0)
+    net = MonConvNet((1, 8, 8), 10, 4, 1.0, SolverConfig())
+    out = net(torch.randn(3, 1, 8, 8))
+    assert out.shape == (3, 10)
+    out.sum().backward()
+    stats = net.solver_stats()
+    assert stats["fwd_iters"] > 0 and stats["bwd_iters"] > 0 and stats["fwd_residual"] <= 1e-3
