@@ -1,0 +1,1 @@
+"""Lipschitz and generalization bounds of trained networks."""
