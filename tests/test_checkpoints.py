@@ -84,3 +84,27 @@ def test_unknown_layout_lists_missing_and_unexpected_keys():
     bad = {"mon.linear_module.U.weight": torch.zeros(4, 4), "foo.bar": torch.zeros(1)}
     with pytest.raises(CheckpointLayoutError, match=r"missing keys: \[.*Wout\.weight.*unexpected keys: \['foo\.bar'\]"):
         load_weights(net, bad)
+
+
+def test_original_multi_tier_state_dict_loads_and_matches_independent_forward():
+    from test_multiconv import ref_multiply  # the independent transcription of MONMultiConv
+
+    torch.manual_seed(3)
+    net = build_model({"name": "mon_multiconv", "channels": [2, 3, 2]}, 2.0, SOLVER, (1, 8, 8), 10).double()
+    op = net.mon.operator
+    sd = {("mon.linear_module." + k): torch.randn_like(v) for k, v in op.state_dict().items()}
+    sd.update({f"mon.linear_module.{s}.{i}": torch.tensor(0.5 + i, dtype=torch.float64)
+               for s, n in (("g", 3), ("h", 3), ("gn", 2)) for i in range(n)})
+    sd.update({"Wout.weight": torch.randn(10, 2 * 4 * 4, dtype=torch.float64),
+               "Wout.bias": torch.randn(10, dtype=torch.float64)})
+    assert load_weights(net, sd) == "monotone_op_net"
+    x = torch.randn(3, 1, 8, 8, dtype=torch.float64)
+    xp = F.pad(x, (1, 1, 1, 1))
+    b0 = F.conv2d(F.pad(xp, (1, 1, 1, 1), mode="circular"), sd["mon.linear_module.U.weight"],
+                  sd["mon.linear_module.U.bias"])
+    b = torch.cat([b0.flatten(1), torch.zeros(3, 3 * 6 * 6 + 2 * 4 * 4, dtype=torch.float64)], 1)
+    with torch.no_grad():
+        z = fixed_point(lambda z: ref_multiply(op, z), b, op.active_mask, 0.05, 3000)
+        want = z[:, -2 * 4 * 4:] @ sd["Wout.weight"].T + sd["Wout.bias"]
+        got = net(x)
+    assert torch.allclose(got, want, rtol=1e-7, atol=1e-8)

@@ -7,6 +7,7 @@ import torch
 from src.mondeq.conv import SingleConvOperator
 from src.mondeq.fc import FullyConnectedOperator
 from src.mondeq.layer import MonDEQLayer
+from src.mondeq.multiconv import MultiTierConvOperator
 from src.mondeq.splitting import SolverConfig
 from src.mondeq.networks import MonConvNet, MonFCNet
 
@@ -34,6 +35,15 @@ def conv_op(seed=0, m=0.5):
     return op
 
 
+def multiconv_op(seed=0, m=2.0):
+    torch.manual_seed(seed)
+    op = MultiTierConvOperator(1, (2, 3, 2), 10, m).double()
+    with torch.no_grad():
+        for p in (*op.g, *op.gn, *op.h):
+            p.uniform_(0.5, 2.0)
+    return op
+
+
 def dense_equilibrium(W: torch.Tensor, b: torch.Tensor, mask: torch.Tensor, z_guess: torch.Tensor):
     """Solve z = mask*relu(W z + b) exactly on the active set of a guess, then check the KKT conditions."""
     out = torch.zeros_like(b)
@@ -48,7 +58,7 @@ def dense_equilibrium(W: torch.Tensor, b: torch.Tensor, mask: torch.Tensor, z_gu
     return out
 
 
-@pytest.mark.parametrize("make_op", [fc_op, conv_op])
+@pytest.mark.parametrize("make_op", [fc_op, conv_op, multiconv_op])
 def test_fb_and_pr_match_dense_float64_equilibrium(make_op):
     op = make_op()
     x = torch.randn(5, *op.input_shape, dtype=torch.float64)
@@ -66,12 +76,18 @@ def test_fb_and_pr_match_dense_float64_equilibrium(make_op):
 
 
 def unrolled_equilibrium(op, x, iters):
-    """Plain differentiable forward-backward iteration, no implicit tricks."""
+    """Plain differentiable forward-backward iteration, no implicit tricks, run to float64 precision."""
     alpha = fb_alpha(op)
     b = op.input_term(x)
     z = torch.zeros_like(b)
     for _ in range(iters):
-        z = op.nonlinearity((1 - alpha) * z + alpha * (op.multiply(z) + b))
+        z_next = op.nonlinearity((1 - alpha) * z + alpha * (op.multiply(z) + b))
+        done = (z_next - z).norm() <= 1e-15 * z_next.norm()
+        z = z_next
+        if done:
+            break
+    else:
+        raise AssertionError("the unrolled reference did not converge")
     return z
 
 
@@ -82,7 +98,7 @@ def grads(op, x, z, weights):
 
 
 @pytest.mark.parametrize("method", ["pr", "fb"])
-@pytest.mark.parametrize("make_op,iters", [(fc_op, 1500), (conv_op, 700)])
+@pytest.mark.parametrize("make_op,iters", [(fc_op, 5000), (conv_op, 5000), (multiconv_op, 5000)])
 def test_implicit_gradient_matches_unrolled_autograd(make_op, iters, method):
     op = make_op(seed=3)
     x = torch.randn(3, *op.input_shape, dtype=torch.float64, requires_grad=True)
@@ -134,9 +150,9 @@ def test_conv_matches_direct_convolution_formula():
     assert torch.allclose(op.multiply(z.flatten(1)), want.flatten(1), rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize("make_op", [fc_op, conv_op])
+@pytest.mark.parametrize("make_op", [fc_op, conv_op, multiconv_op])
 def test_strong_monotonicity(make_op):
-    op = make_op(seed=5, m=0.3) if make_op is fc_op else conv_op(seed=5, m=0.3)
+    op = make_op(seed=5, m=0.3)
     W = op.dense_matrix().detach()
     eye = torch.eye(W.shape[0], dtype=W.dtype)
     sym = eye - (W + W.T) / 2

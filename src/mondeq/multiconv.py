@@ -25,19 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .operator import MonotoneOperator, Resolvent
-
-
-def _cpad(x: torch.Tensor) -> torch.Tensor:
-    return F.pad(x, (1, 1, 1, 1), mode="circular")
-
-
-def _conv(x: torch.Tensor, k: torch.Tensor, stride: int = 1) -> torch.Tensor:
-    return F.conv2d(_cpad(x), k, stride=stride)
-
-
-def _conv_t(y: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
-    """Adjoint of `_conv` (stride 1)."""
-    return F.conv_transpose2d(_cpad(y), k)[..., 2:-2, 2:-2]
+from .spectral import circular_conv as _conv, circular_conv_transpose as _conv_t, circular_pad as _cpad
 
 
 def _conv_t_stride(y: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
@@ -47,7 +35,7 @@ def _conv_t_stride(y: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
     pad's wrap-around): fold it onto the last row/column, without in-place ops.
     """
     t = F.conv_transpose2d(y, k, stride=2)
-    t = torch.cat([t[..., :, 1:-1], t[..., :, -1:]], dim=-1)
+    t = torch.cat([t[..., :, 1:-1], t[..., :, -1:] + t[..., :, :1]], dim=-1)
     return torch.cat([t[..., 1:-1, :], t[..., -1:, :] + t[..., :1, :]], dim=-2)
 
 
@@ -72,25 +60,26 @@ def _symbol(k: torch.Tensor, r: int, stride: int, h: int) -> torch.Tensor:
     """Per-frequency matrix of x -> _conv(x, k, stride), both sides in r-phase form.
 
     Returns (h, h//2+1, o*ro*ro, c*r*r) complex, ro = r // stride, on the rfft2
-    grid of the h x h half grid.  Output pixel ro*Y + p' reads input pixel
-    stride*(ro*Y + p') + d - 1 = r*(Y + u) + p, i.e. phase p shifted by u,
-    whose FFT factor is exp(+2 pi i f u / h).
+    grid of the h x h half grid.  Output pixel ro*Y + q reads input pixel
+    stride*(ro*Y + q) + d - 1 = r*(Y + u) + p: phase p shifted by u in
+    {-1, 0, 1}, whose FFT factor exp(+2 pi i f u / h) is separable in y, x.
     """
     o, c = k.shape[:2]
     ro = r // stride
     ctype = torch.complex128 if k.dtype == torch.float64 else torch.complex64
-    fy = torch.arange(h, device=k.device, dtype=k.dtype).view(h, 1)
-    fx = torch.arange(h // 2 + 1, device=k.device, dtype=k.dtype).view(1, -1)
-    sym = torch.zeros(h, h // 2 + 1, o, ro, ro, c, r, r, dtype=ctype, device=k.device)
+    kp = k.new_zeros(o, ro, ro, c, r, r, 3, 3)  # polyphase kernel, taps u + 1
     for qy in range(ro):
-        for qx in range(ro):
-            for dy in range(3):
-                uy, py = divmod(stride * qy + dy - 1, r)
+        for dy in range(3):
+            uy, py = divmod(stride * qy + dy - 1, r)
+            for qx in range(ro):
                 for dx in range(3):
                     ux, px = divmod(stride * qx + dx - 1, r)
-                    phase = torch.exp(2j * math.pi * (fy * uy + fx * ux) / h)
-                    sym[:, :, :, qy, qx, :, py, px] += phase[..., None, None] * k[:, :, dy, dx]
-    return sym.reshape(h, h // 2 + 1, o * ro * ro, c * r * r)
+                    kp[:, qy, qx, :, py, px, uy + 1, ux + 1] = k[:, :, dy, dx]
+    kp = kp.reshape(o * ro * ro, c * r * r, 3, 3).to(ctype)
+    u = torch.arange(-1, 2, device=k.device, dtype=k.dtype)
+    ey = torch.exp(2j * math.pi * torch.outer(torch.arange(h, device=k.device, dtype=k.dtype), u) / h)
+    ex = ey[: h // 2 + 1]
+    return torch.einsum("ya,xb,oiab->yxoi", ey, ex, kp)
 
 
 def _apply_freq(mat: torch.Tensor, x: torch.Tensor) -> torch.Tensor:

@@ -12,10 +12,7 @@ from torch import nn
 from .conv import SingleConvOperator
 from .fc import FullyConnectedOperator
 from .layer import MonDEQLayer
-try:
-    from .multiconv import MultiTierConvOperator  # TEMP
-except ImportError:
-    pass
+from .multiconv import MultiTierConvOperator
 from .splitting import SolverConfig
 
 
@@ -80,7 +77,7 @@ class MonMultiConvNet(_PaddedConvNet):
     def __init__(self, in_shape, num_classes: int, channels, m: float, solver: SolverConfig):
         channels = tuple(int(c) for c in channels)
         op = MultiTierConvOperator(in_shape[0], channels, in_shape[1] + 2, m)
-        self.last_size = channels[-1] * op.tier_sides[-1] ** 2
+        self.last_size = channels[-1] * op.sides[-1] ** 2
         super().__init__(op, solver, f"mon_multiconv(channels={list(channels)})", self.last_size, num_classes)
 
     def readout(self, z):

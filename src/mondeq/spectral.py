@@ -14,9 +14,9 @@ def circular_pad(x: torch.Tensor, pad: int = 1) -> torch.Tensor:
     return F.pad(x, (pad, pad, pad, pad), mode="circular")
 
 
-def circular_conv(x: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
+def circular_conv(x: torch.Tensor, kernel: torch.Tensor, stride: int = 1) -> torch.Tensor:
     """Cross-correlation with a centred odd kernel, periodic boundary."""
-    return F.conv2d(circular_pad(x, kernel.shape[-1] // 2), kernel)
+    return F.conv2d(circular_pad(x, kernel.shape[-1] // 2), kernel, stride=stride)
 
 
 def circular_conv_transpose(x: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,102 @@
+"""Performance benchmark of one configured model: `python -m src.bench`.
+
+Prints one JSON line with median forward and training-step times, solver
+iterations and residuals.  Never a test: speed targets live here and in notes.
+"""
+from __future__ import annotations
+
+import json
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _median_ms(fn, reps: int, device: torch.device) -> float:
+    times = []
+    for _ in range(reps):
+        _sync(device)
+        start = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(1e3 * (time.perf_counter() - start))
+    return statistics.median(times)
+
+
+def benchmark(model: torch.nn.Module, in_shape, batch: int, reps: int, device: torch.device,
+              seed: int = 0, warmup: int = 2) -> dict:
+    """Median forward (no grad) and training-step (forward + backward) times of `model`."""
+    torch.manual_seed(seed)
+    model = model.to(device)
+    x = torch.randn(batch, *in_shape, device=device)
+    y = torch.randint(0, 10, (batch,), device=device)
+
+    @torch.no_grad()
+    def forward():
+        model(x)
+
+    def step():
+        model.zero_grad(set_to_none=True)
+        F.cross_entropy(model(x), y).backward()
+
+    stats = {}
+    for name, fn in (("fwd_ms", forward), ("step_ms", step)):
+        for _ in range(warmup):
+            fn()
+        stats[name] = _median_ms(fn, reps, device)
+        if hasattr(model, "solver_stats"):
+            solver = model.solver_stats()
+            if name == "fwd_ms":
+                stats.update(fwd_iters=solver["fwd_iters"], residual=solver["fwd_residual"])
+            else:
+                stats.update(bwd_iters=solver["bwd_iters"], bwd_residual=solver["bwd_residual"])
+    return stats
+
+
+def format_line(record: dict) -> str:
+    return json.dumps(record, sort_keys=False)
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise SystemExit(f"bench.device={name} but no CUDA device is available")
+    return torch.device(name)
+
+
+def run(cfg) -> dict:
+    from .checkpoints import load_weights, read_checkpoint
+    from .models import build_model
+
+    if cfg.bench.threads:
+        torch.set_num_threads(int(cfg.bench.threads))
+    torch.manual_seed(cfg.seed)
+    in_shape = tuple(cfg.dataset.in_shape)
+    model = build_model(cfg.model, cfg.m, cfg.splitting, in_shape, cfg.dataset.num_classes)
+    if cfg.ckpt:
+        load_weights(model, read_checkpoint(cfg.ckpt))
+    device = _device(cfg.bench.device)
+    record = {"model": cfg.model.name, "method": cfg.splitting.name, "batch": cfg.bench.batch,
+              "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+              "m": cfg.m, "alpha": cfg.splitting.alpha, "check_every": cfg.splitting.check_every,
+              "threads": torch.get_num_threads(), "ckpt": cfg.ckpt}
+    record.update(benchmark(model, in_shape, cfg.bench.batch, cfg.bench.reps, device, cfg.seed, cfg.bench.warmup))
+    print(format_line(record), flush=True)
+    return record
+
+
+def main() -> None:
+    from .cli import hydra_app
+
+    hydra_app("bench")(run)()
+
+
+if __name__ == "__main__":
+    main()
