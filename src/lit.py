@@ -1,0 +1,123 @@
+"""The LightningModule that trains every classifier of the project.
+
+It is built from plain config values (dicts, floats), saved as hyperparameters,
+so `LitClassifier.load_from_checkpoint(path)` rebuilds the network from the
+checkpoint alone; the network is `self.model` (state-dict keys `model.*`).
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+
+from .models import build_model
+
+SOLVER_KEYS = ("fwd_iters", "fwd_residual", "fwd_seconds", "bwd_iters", "bwd_residual", "bwd_seconds")
+EVAL_SETS = ("test", "train")  # the order of the dataloaders given to trainer.test
+
+
+class LitClassifier(L.LightningModule):
+    def __init__(self, model: Mapping, m: float, splitting: Mapping, dataset: Mapping,
+                 optim: Mapping, margin_gamma: float = 10.0):
+        super().__init__()
+        self.save_hyperparameters()
+        self.model = build_model(model, float(m), splitting, tuple(dataset["in_shape"]),
+                                 int(dataset["num_classes"]))
+        self.is_mondeq = hasattr(self.model, "solver_stats")
+        # Training totals behind metrics.json; kept in checkpoints so a resumed run counts all epochs.
+        self.totals = {"seconds": 0.0, "steps": 0, "fwd_iters": 0.0, "bwd_iters": 0.0}
+        self._epoch_start = 0.0
+        self._eval: dict[str, torch.Tensor] = {}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+    # --- training ----------------------------------------------------------
+    def on_train_epoch_start(self) -> None:
+        self._epoch_start = time.perf_counter()
+
+    def on_train_batch_start(self, batch, batch_idx: int) -> None:
+        if batch_idx == 0 and self.hparams.splitting.get("tune_alpha") and hasattr(self.model, "tune_alpha"):
+            alpha = self.model.tune_alpha(batch[0])
+            self.log("train/alpha", float(alpha))
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        logits = self(x)
+        loss = F.cross_entropy(logits, y)
+        self.log("train/loss", loss, prog_bar=True)
+        self.log("train/error", (logits.argmax(1) != y).float().mean(), prog_bar=True)
+        return loss
+
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        # After the backward pass, so the backward solve's stats are this step's too.
+        if not self.is_mondeq:
+            return
+        stats = self.model.solver_stats()
+        self.log_dict({f"solver/{k}": float(stats[k]) for k in SOLVER_KEYS})
+        self.totals["steps"] += 1
+        self.totals["fwd_iters"] += float(stats["fwd_iters"])
+        self.totals["bwd_iters"] += float(stats["bwd_iters"])
+
+    def on_train_epoch_end(self) -> None:
+        self.totals["seconds"] += time.perf_counter() - self._epoch_start
+
+    def configure_optimizers(self):
+        cfg = self.hparams.optim
+        opt = torch.optim.Adam(self.parameters(), lr=cfg["lr"])
+        schedule = cfg["schedule"]
+        if schedule == "none":
+            return opt
+        if schedule == "step":  # monotone_op_net: StepLR(step, gamma=0.1), stepped once per epoch
+            sched = torch.optim.lr_scheduler.StepLR(opt, step_size=cfg["step_size"], gamma=cfg["gamma"])
+            return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
+        if schedule == "onecycle":
+            # torch's one-cycle (it also cycles Adam's beta1 0.95 -> 0.85 -> 0.95, as the original's
+            # momentum schedule); the original interpolated lr by hand over the same shape.
+            sched = torch.optim.lr_scheduler.OneCycleLR(
+                opt, max_lr=cfg["lr"], total_steps=int(self.trainer.estimated_stepping_batches))
+            return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+        raise ValueError(f"optim.schedule must be step, onecycle or none, got {schedule!r}")
+
+    # --- evaluation (trainer.test with the test set, then the training set) --
+    def on_test_epoch_start(self) -> None:
+        self._eval = {s: torch.zeros(3, dtype=torch.float64) for s in EVAL_SETS}  # n, errors, margin errors
+
+    def test_step(self, batch, batch_idx: int, dataloader_idx: int = 0) -> None:
+        x, y = batch
+        logits = self(x)
+        true = logits.gather(1, y[:, None]).squeeze(1)
+        others = logits.scatter(1, y[:, None], float("-inf")).amax(1)
+        margin = true - others  # f_y - max_{j != y} f_j; a tie (0) is no correct prediction
+        counts = [len(y), int((margin <= 0).sum()), int((margin < self.hparams.margin_gamma).sum())]
+        self._eval[EVAL_SETS[dataloader_idx]] += torch.tensor(counts, dtype=torch.float64)
+
+    def evaluation(self) -> dict[str, float]:
+        """test_error, train_error and margin_error of the last trainer.test."""
+        (n_test, err_test, _), (n_train, err_train, margin_train) = (self._eval[s].tolist() for s in EVAL_SETS)
+        return {"test_error": err_test / n_test, "train_error": err_train / n_train,
+                "margin_error": margin_train / n_train}
+
+    def training_summary(self) -> dict[str, float | None]:
+        steps = self.totals["steps"]
+        return {"seconds": self.totals["seconds"],
+                "fwd_iters": self.totals["fwd_iters"] / steps if steps else None,
+                "bwd_iters": self.totals["bwd_iters"] / steps if steps else None}
+
+    # --- checkpoints -------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["totals"] = dict(self.totals)
+        # The RNG state, so that a resumed run draws the same batches as an uninterrupted one
+        # (shuffling and augmentation draw from torch's CPU generator only).
+        checkpoint["torch_rng"] = torch.get_rng_state()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.totals.update(checkpoint.get("totals", {}))
+        # Only when a fit resumes (not in load_from_checkpoint): Lightning restores the checkpoint
+        # before it draws the first epoch's loader seeds, so the draws continue as if uninterrupted.
+        rng = checkpoint.get("torch_rng")
+        if rng is not None and self._trainer is not None and self.trainer.state.fn == "fit":
+            torch.set_rng_state(rng)

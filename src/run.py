@@ -1,0 +1,130 @@
+"""Train one model: `python -m src.run [overrides]` (Hydra; conf/config.yaml).
+
+Writes into the run dir: last.ckpt (every epoch, for resuming), model.ckpt
+(the final Lightning checkpoint) and metrics.json. Rerunning the same command
+resumes from last.ckpt; a finished run then only re-evaluates.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import warnings
+from collections.abc import Mapping
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from .cli import ConfigError, hydra_app
+
+
+def make_logger(cfg: DictConfig, run_dir: Path, group: str):
+    """The Lightning logger of `cfg.logger` (or False for none)."""
+    name = cfg.logger.name
+    if name == "none":
+        return False
+    if name == "csv":
+        from lightning.pytorch.loggers import CSVLogger
+
+        return CSVLogger(save_dir=str(run_dir), name="csv")
+    if name == "wandb":
+        from lightning.pytorch.loggers import WandbLogger
+
+        mode = cfg.logger.mode
+        if mode is None and not (os.environ.get("WANDB_MODE") or os.environ.get("WANDB_API_KEY")):
+            mode = "offline"  # nothing leaves the machine unless the user asks for it
+        kwargs = {"mode": mode} if mode is not None else {}  # None: wandb follows WANDB_MODE / the key
+        return WandbLogger(project=cfg.logger.project, entity=cfg.logger.entity, save_dir=str(run_dir),
+                           name=f"{group}/{run_dir.name}", group=group,
+                           config=OmegaConf.to_container(cfg, resolve=True), **kwargs)
+    raise ValueError(f"logger.name must be wandb, csv or none, got {name!r}")
+
+
+# Dataset fields that do not change a run (as hydra.job.config.override_dirname.exclude_keys).
+WHERE_NOT_WHAT = ("root", "download", "num_workers", "system_dir")
+
+
+def resumable(last: Path, hparams: Mapping) -> str | None:
+    """`last` if it exists and was trained with the same settings; None if it does not exist.
+
+    A run dir is named by the command-line overrides only, so after an edit of a config
+    file the same command finds a checkpoint of other settings: refuse it rather than mix.
+    """
+    if not last.is_file():
+        return None
+    import torch
+
+    saved = torch.load(last, map_location="cpu", weights_only=True)["hyper_parameters"]
+
+    def what(h: Mapping) -> dict:
+        return {**h, "dataset": {k: v for k, v in h["dataset"].items() if k not in WHERE_NOT_WHAT}}
+
+    now, before = what(hparams), what(saved)
+    changed = sorted(k for k in now.keys() | before.keys() if now.get(k) != before.get(k))
+    if changed:
+        raise ConfigError(f"{last} was trained with other settings of {', '.join(changed)}; "
+                          f"delete its run dir or choose another with hydra.run.dir=DIR")
+    return str(last)
+
+
+def train(cfg: DictConfig, run_dir: Path, group: str = "default") -> dict:
+    """Train `cfg` in `run_dir` (resuming from its last.ckpt) and return what metrics.json holds."""
+    import lightning as L
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from .data import make_loaders
+    from .lit import LitClassifier
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    # The run dir also holds Hydra's and the loggers' files; Lightning warns about any such dir.
+    warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    plain = OmegaConf.to_container(cfg, resolve=True)
+    lit = LitClassifier(model=plain["model"], m=float(cfg.m), splitting=plain["splitting"],
+                        dataset=plain["dataset"], optim=plain["optim"], margin_gamma=cfg.margin_gamma)
+    resume = cfg.ckpt or resumable(run_dir / "last.ckpt", lit.hparams)
+    loaders = make_loaders(plain["dataset"])
+    logger = make_logger(cfg, run_dir, group)
+    try:
+        # last.ckpt, overwritten after every epoch (save_last alone saves only beside a top-k checkpoint)
+        every_epoch = ModelCheckpoint(dirpath=str(run_dir), filename="last", save_top_k=1,
+                                      enable_version_counter=False)
+        trainer = L.Trainer(**plain["trainer"], default_root_dir=str(run_dir), logger=logger,
+                            callbacks=[every_epoch])
+        # weights_only: our checkpoints hold only tensors and plain values, so torch's safe loader reads them
+        trainer.fit(lit, loaders.train, ckpt_path=resume, weights_only=True)
+        # a full checkpoint (optimizer and loop states too), like last.ckpt
+        trainer.save_checkpoint(str(run_dir / "model.ckpt"), weights_only=False)
+        trainer.test(lit, [loaders.test, loaders.train_eval], verbose=False)
+        metrics = {**lit.evaluation(), "epochs": trainer.current_epoch, **lit.training_summary(),
+                   "m": float(cfg.m), "model": plain["model"], "dataset": cfg.dataset.name,
+                   "profile": cfg.profile, "experiment": group, "seed": cfg.seed}
+        if logger:
+            logger.log_metrics({f"final/{k}": v for k, v in metrics.items() if isinstance(v, float)})
+            logger.save()  # the trainer has already flushed its own logs
+    finally:
+        if cfg.logger.name == "wandb":
+            import wandb
+
+            wandb.finish()  # each job of a multirun is its own wandb run
+    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    return metrics
+
+
+@hydra_app("config")
+def main(cfg: DictConfig) -> None:
+    from hydra.core.hydra_config import HydraConfig
+
+    from .data import DatasetMissingError
+
+    hc = HydraConfig.get()
+    group = hc.runtime.choices.get("experiment") or "default"
+    try:
+        metrics = train(cfg, Path(hc.runtime.output_dir), group)
+    except (DatasetMissingError, ConfigError) as err:
+        sys.exit(f"error: {err}")
+    print(json.dumps({k: metrics[k] for k in ("m", "test_error", "train_error", "margin_error", "epochs")}))
+
+
+if __name__ == "__main__":
+    main()

