@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 
 import cvxpy as cp
@@ -56,6 +57,8 @@ def solve(problem: cp.Problem, solvers=DEFAULT_SOLVERS, options: dict | None = N
             problem.solve(solver=name, **(options or {}).get(name, {}))
         except _solver_errors() as exc:  # e.g. MOSEK without a licence file
             report.skipped[name] = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            warnings.warn(f"SDP solver {name} failed ({report.skipped[name]}); trying the next of {list(solvers)}",
+                          RuntimeWarning, stacklevel=2)
             continue
         report.solver, report.status = name, problem.status
         report.seconds = time.perf_counter() - start
