@@ -10,12 +10,20 @@ from .operator import MonotoneOperator, Resolvent
 class DenseResolvent(Resolvent):
     def __init__(self, inverse: torch.Tensor):
         self.inverse = inverse
+        # 2R - I, so that a Peaceman-Rachford step is one addmm
+        self.reflection = 2 * inverse - torch.eye(inverse.shape[0], dtype=inverse.dtype, device=inverse.device)
 
     def apply(self, z: torch.Tensor) -> torch.Tensor:
         return z @ self.inverse.T
 
     def apply_transpose(self, z: torch.Tensor) -> torch.Tensor:
         return z @ self.inverse
+
+    def reflect(self, w: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+        return torch.addmm(shift, w, self.reflection.T)
+
+    def reflect_transpose(self, w: torch.Tensor) -> torch.Tensor:
+        return w @ self.reflection
 
 
 class FullyConnectedOperator(MonotoneOperator):

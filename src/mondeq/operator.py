@@ -24,6 +24,14 @@ class Resolvent:
     def apply_transpose(self, z: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    def reflect(self, w: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+        """(2R - I) w + shift: Peaceman-Rachford's reflected resolvent step."""
+        return 2 * self.apply(w) - w + shift
+
+    def reflect_transpose(self, w: torch.Tensor) -> torch.Tensor:
+        """(2R^T - I) w."""
+        return 2 * self.apply_transpose(w) - w
+
 
 class MonotoneOperator(nn.Module):
     """W with I - W >= m I for every value of its parameters.
@@ -64,6 +72,12 @@ class MonotoneOperator(nn.Module):
         if self.active_mask is not None:
             z = z * self.active_mask
         return z
+
+    def reflected_nonlinearity(self, u: torch.Tensor) -> torch.Tensor:
+        """2 relu(u) - u, the reflected proximal step; |u| where no unit is masked."""
+        if self.active_mask is None:
+            return u.abs()
+        return 2 * self.nonlinearity(u) - u
 
     def dense_matrix(self) -> torch.Tensor:
         """W as an (n, n) matrix, built column by column (small sizes only)."""
