@@ -12,7 +12,7 @@ empty   :=
 space   := $(empty) $(empty)
 DEMO_RUNS := $(foreach m,$(DEMO_M),outputs/fig1b/dataset=mnist5k$(comma)m=$(m)$(comma)profile=smoke)
 
-.PHONY: demo test venv
+.PHONY: demo test test-slow venv
 
 venv: $(STAMP)
 
@@ -27,5 +27,10 @@ demo: $(STAMP)
 
 # One BLAS/OpenMP thread: the tests' tensors are tiny, and on two cores MKL's threaded
 # batched complex inverses run 10-20x slower than single-threaded ones.
+TEST    := $(ENV) WANDB_MODE=disabled OMP_NUM_THREADS=1 $(PY) -m pytest -q
 test: $(STAMP)
-	$(ENV) WANDB_MODE=disabled OMP_NUM_THREADS=1 $(PY) -m pytest -q
+	$(TEST) -m "not slow"
+
+# the tests marked slow (end-to-end app runs, conv monDEQs); CI runs both targets
+test-slow: $(STAMP)
+	$(TEST) -m slow

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from .bounds import lower, mondeq as mondeq_bounds
+from .bounds import feedforward, lower, mondeq as mondeq_bounds
 from .bounds.lipsdp import lipsdp
 from .mondeq.conv import SingleConvOperator
 from .mondeq.fc import FullyConnectedOperator
@@ -66,6 +66,10 @@ def _unrolled(method: str):
     return compute
 
 
+def _in_shape(ctx: Context) -> tuple[int, ...]:
+    return tuple(int(s) for s in ctx.cfg.dataset.in_shape)
+
+
 def _grad_norm(ctx: Context) -> dict:
     b = ctx.cfg.bound
     points = lower.sample_points(ctx.test_x, int(b.lower_points), *ctx.box, seed=ctx.cfg.seed)
@@ -79,6 +83,9 @@ METHODS: dict[str, Method] = {
     "sdp_pairwise": Method("upper", _is_fc_mondeq, lambda c: mondeq_bounds.sdp_pairwise(c.model)),
     "unrolled_fb": Method("upper", _is_fc_mondeq, _unrolled("fb"), needs_data=True),
     "unrolled_pr": Method("upper", _is_fc_mondeq, _unrolled("pr"), needs_data=True),
+    "naive": Method("upper", _is_feedforward, lambda c: feedforward.naive(c.model, _in_shape(c))),
+    "autolip": Method("upper", _is_feedforward, lambda c: feedforward.autolip(c.model, _in_shape(c))),
+    "seqlip_greedy": Method("upper", _is_feedforward, lambda c: feedforward.seqlip_greedy(c.model, _in_shape(c))),
     "lipsdp_neuron": Method("upper", lambda m: isinstance(m, DNN), lambda c: lipsdp(c.model, "neuron")),
     "lipsdp_layer": Method("upper", lambda m: isinstance(m, DNN), lambda c: lipsdp(c.model, "layer")),
     "grad_norm": Method("lower", lambda m: True, _grad_norm, needs_data=True),
