@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from .bounds import feedforward, lower, mondeq as mondeq_bounds
+from .bounds import feedforward, generalization as gen, lower, mondeq as mondeq_bounds
 from .bounds.lipsdp import lipsdp
 from .mondeq.conv import SingleConvOperator
 from .mondeq.fc import FullyConnectedOperator
@@ -152,6 +152,25 @@ def compute_bounds(model, cfg: DictConfig, test_x=None, test_y=None) -> dict:
     return record
 
 
+def generalization_bounds(model, cfg: DictConfig, train, ckpt: str) -> dict:
+    """PAC-Bayes bounds on the training subset the run's protocol used."""
+    from .checkpoints import read_checkpoint
+    from .data import normalise
+    from .run import training_subset
+
+    start = time.perf_counter()
+    train_x, train_y = normalise(train, cfg.dataset.mean, cfg.dataset.std), train.labels
+    idx = training_subset(len(train_y), cfg.protocol.n_train, cfg.seed)
+    if idx is not None:
+        train_x, train_y = train_x[idx], train_y[idx]
+    checkpoint = read_checkpoint(ckpt)
+    reference = checkpoint.get("initial_state_dict") if isinstance(checkpoint, dict) else None
+    out = gen.generalization(model, train_x, train_y, cfg.generalization, reference=reference)
+    out["seconds"] = time.perf_counter() - start
+    print(f"  generalization: {out.get('pac_bayes')}  ({out['seconds']:.1f} s)", flush=True)
+    return out
+
+
 def load_model(cfg: DictConfig, run_dir: Path):
     from .checkpoints import load_weights, read_checkpoint
     from .models import build_model
@@ -175,9 +194,11 @@ def run(cfg: DictConfig) -> dict:
     torch.manual_seed(cfg.seed)
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     model, ckpt = load_model(cfg, run_dir)
-    _, test = load_splits(cfg.dataset)
+    train, test = load_splits(cfg.dataset)
     test_x = normalise(test, cfg.dataset.mean, cfg.dataset.std)
     record = compute_bounds(model, cfg, test_x, test.labels)
+    if cfg.generalization.enabled and gen.applies(model):
+        record["generalization"] = _jsonable(generalization_bounds(model, cfg, train, ckpt))
     record.update(model=OmegaConf.to_container(cfg.model), m=cfg.m, dataset=cfg.dataset.name,
                   profile=cfg.get("profile"), ckpt=ckpt)
     (run_dir / "bounds.json").write_text(json.dumps(record, indent=2))

@@ -12,11 +12,20 @@ from collections.abc import Mapping
 import lightning as L
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.callbacks import Callback, EarlyStopping
+from lightning.pytorch.callbacks.early_stopping import EarlyStoppingReason
 
 from .models import build_model
 
 SOLVER_KEYS = ("fwd_iters", "fwd_residual", "fwd_seconds", "bwd_iters", "bwd_residual", "bwd_seconds")
 EVAL_SETS = ("test", "train")  # the order of the dataloaders given to trainer.test
+TRAIN_MARGIN_ERROR = "train/margin_error"  # logged by TrainMarginError, monitored by MarginStop
+
+
+def margins(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """f_y - max_{j != y} f_j per example; a tie (0) is no correct prediction."""
+    true = logits.gather(1, y[:, None]).squeeze(1)
+    return true - logits.scatter(1, y[:, None], float("-inf")).amax(1)
 
 
 class LitClassifier(L.LightningModule):
@@ -27,6 +36,9 @@ class LitClassifier(L.LightningModule):
         self.model = build_model(model, float(m), splitting, tuple(dataset["in_shape"]),
                                  int(dataset["num_classes"]))
         self.is_mondeq = hasattr(self.model, "solver_stats")
+        # The weights at initialisation, kept in checkpoints (`initial_state_dict`) for the
+        # generalization bounds with norms measured from initialisation.
+        self.initial_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
         # Training totals behind metrics.json; kept in checkpoints so a resumed run counts all epochs.
         self.totals = {"seconds": 0.0, "steps": 0, "fwd_iters": 0.0, "bwd_iters": 0.0}
         self._epoch_start = 0.0
@@ -88,10 +100,7 @@ class LitClassifier(L.LightningModule):
 
     def test_step(self, batch, batch_idx: int, dataloader_idx: int = 0) -> None:
         x, y = batch
-        logits = self(x)
-        true = logits.gather(1, y[:, None]).squeeze(1)
-        others = logits.scatter(1, y[:, None], float("-inf")).amax(1)
-        margin = true - others  # f_y - max_{j != y} f_j; a tie (0) is no correct prediction
+        margin = margins(self(x), y)
         counts = [len(y), int((margin <= 0).sum()), int((margin < self.hparams.margin_gamma).sum())]
         self._eval[EVAL_SETS[dataloader_idx]] += torch.tensor(counts, dtype=torch.float64)
 
@@ -110,14 +119,66 @@ class LitClassifier(L.LightningModule):
     # --- checkpoints -------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["totals"] = dict(self.totals)
+        checkpoint["initial_state_dict"] = self.initial_state
         # The RNG state, so that a resumed run draws the same batches as an uninterrupted one
         # (shuffling and augmentation draw from torch's CPU generator only).
         checkpoint["torch_rng"] = torch.get_rng_state()
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.totals.update(checkpoint.get("totals", {}))
+        if "initial_state_dict" in checkpoint:
+            self.initial_state = checkpoint["initial_state_dict"]
         # Only when a fit resumes (not in load_from_checkpoint): Lightning restores the checkpoint
         # before it draws the first epoch's loader seeds, so the draws continue as if uninterrupted.
         rng = checkpoint.get("torch_rng")
         if rng is not None and self._trainer is not None and self.trainer.state.fn == "fit":
             torch.set_rng_state(rng)
+
+
+# --- the margin protocol (paper 5.2): train until the training margin error is below a threshold --
+
+class TrainMarginError(Callback):
+    """Logs `train/margin_error` after every training epoch: the fraction of the training set
+    (`loader`, in order, not augmented) with margin f_y - max_{j != y} f_j < gamma, in eval mode.
+
+    It draws no random numbers from the training's generators, so the run's batches stay the same.
+    """
+
+    def __init__(self, loader, gamma: float):
+        self.loader, self.gamma = loader, float(gamma)
+
+    @torch.no_grad()
+    def margin_error(self, module: L.LightningModule) -> float:
+        was_training = module.training
+        module.eval()
+        n = bad = 0
+        with torch.random.fork_rng(devices=[]):  # a DataLoader iterator draws a seed from torch's RNG
+            for x, y in self.loader:
+                x, y = x.to(module.device), y.to(module.device)
+                n += len(y)
+                bad += int((margins(module(x), y) < self.gamma).sum())
+        module.train(was_training)
+        return bad / n
+
+    def on_train_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        module.log(TRAIN_MARGIN_ERROR, self.margin_error(module), on_step=False, on_epoch=True, prog_bar=True)
+
+
+class MarginStop(EarlyStopping):
+    """Stops training after the first epoch whose `train/margin_error` is below `threshold`.
+
+    Lightning's EarlyStopping with only its stopping threshold (no patience); a run resumed
+    from a checkpoint saved after it stopped stays stopped (no further epoch is trained).
+    """
+
+    def __init__(self, threshold: float):
+        super().__init__(monitor=TRAIN_MARGIN_ERROR, mode="min", stopping_threshold=float(threshold),
+                         patience=2 ** 62, check_on_train_epoch_end=True, strict=True)
+
+    @property
+    def reached(self) -> bool:
+        return self.stopping_reason == EarlyStoppingReason.STOPPING_THRESHOLD
+
+    def on_train_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        if self.reached:
+            trainer.should_stop = True

@@ -3,6 +3,10 @@
 Writes into the run dir: last.ckpt (every epoch, for resuming), model.ckpt
 (the final Lightning checkpoint) and metrics.json. Rerunning the same command
 resumes from last.ckpt; a finished run then only re-evaluates.
+
+`protocol=margin` (paper 5.2) trains on `protocol.n_train` examples until the training
+margin error at `margin_gamma` is below `protocol.threshold` (Lightning callbacks of
+src/lit.py, checked after every epoch; `trainer.max_epochs` caps it).
 """
 from __future__ import annotations
 
@@ -67,14 +71,56 @@ def resumable(last: Path, hparams: Mapping) -> str | None:
     return str(last)
 
 
+PROTOCOLS = ("standard", "margin")
+
+
+def training_subset(n_total: int, n_train: int | None, seed: int):
+    """Indices (sorted) of the `n_train` training examples a protocol trains on, drawn with
+    `seed`; None for all of them (n_train null or equal to the training set's size).
+
+    The bound app draws the same subset for the empirical margin loss.
+    """
+    if n_train is None or int(n_train) == n_total:
+        return None
+    import torch
+
+    n_train = int(n_train)
+    if not 0 < n_train < n_total:
+        raise ConfigError(f"protocol.n_train={n_train}, but the training set has {n_total} examples; "
+                          f"choose 1..{n_total}, or null for all")
+    gen = torch.Generator().manual_seed(int(seed))
+    return torch.randperm(n_total, generator=gen)[:n_train].sort().values
+
+
+def _restrict(loaders, indices):
+    """The training loaders on the examples `indices` only (same batch sizes and workers)."""
+    from torch.utils.data import DataLoader, Subset
+
+    def subset(loader, shuffle: bool):
+        return DataLoader(Subset(loader.dataset, indices.tolist()), batch_size=loader.batch_size,
+                          shuffle=shuffle, num_workers=loader.num_workers)
+
+    return loaders._replace(train=subset(loaders.train, True), train_eval=subset(loaders.train_eval, False))
+
+
+def _protocol(cfg: DictConfig) -> dict:
+    protocol = dict(cfg.get("protocol") or {"name": "standard"})
+    if protocol.get("name") not in PROTOCOLS:
+        raise ConfigError(f"protocol.name must be one of {list(PROTOCOLS)}, got {protocol.get('name')!r}")
+    if protocol["name"] == "margin" and protocol.get("threshold") is None:
+        raise ConfigError("protocol=margin needs protocol.threshold (the margin error to reach)")
+    return protocol
+
+
 def train(cfg: DictConfig, run_dir: Path, group: str = "default") -> dict:
     """Train `cfg` in `run_dir` (resuming from its last.ckpt) and return what metrics.json holds."""
     import lightning as L
     from lightning.pytorch.callbacks import ModelCheckpoint
 
     from .data import make_loaders
-    from .lit import LitClassifier
+    from .lit import LitClassifier, MarginStop, TrainMarginError
 
+    protocol = _protocol(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
     # The run dir also holds Hydra's and the loggers' files; Lightning warns about any such dir.
     warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
@@ -84,13 +130,20 @@ def train(cfg: DictConfig, run_dir: Path, group: str = "default") -> dict:
                         dataset=plain["dataset"], optim=plain["optim"], margin_gamma=cfg.margin_gamma)
     resume = cfg.ckpt or resumable(run_dir / "last.ckpt", lit.hparams)
     loaders = make_loaders(plain["dataset"])
+    subset = training_subset(len(loaders.train.dataset), protocol.get("n_train"), cfg.seed)
+    if subset is not None:
+        loaders = _restrict(loaders, subset)
     logger = make_logger(cfg, run_dir, group)
     try:
         # last.ckpt, overwritten after every epoch (save_last alone saves only beside a top-k checkpoint)
         every_epoch = ModelCheckpoint(dirpath=str(run_dir), filename="last", save_top_k=1,
                                       enable_version_counter=False)
+        callbacks = [every_epoch]
+        if protocol["name"] == "margin":
+            margin_check = TrainMarginError(loaders.train_eval, cfg.margin_gamma)
+            callbacks += [margin_check, MarginStop(protocol["threshold"])]
         trainer = L.Trainer(**plain["trainer"], default_root_dir=str(run_dir), logger=logger,
-                            callbacks=[every_epoch])
+                            callbacks=callbacks)
         # weights_only: our checkpoints hold only tensors and plain values, so torch's safe loader reads them
         trainer.fit(lit, loaders.train, ckpt_path=resume, weights_only=True)
         # a full checkpoint (optimizer and loop states too), like last.ckpt
@@ -98,7 +151,13 @@ def train(cfg: DictConfig, run_dir: Path, group: str = "default") -> dict:
         trainer.test(lit, [loaders.test, loaders.train_eval], verbose=False)
         metrics = {**lit.evaluation(), "epochs": trainer.current_epoch, **lit.training_summary(),
                    "m": float(cfg.m), "model": plain["model"], "dataset": cfg.dataset.name,
-                   "profile": cfg.profile, "experiment": group, "seed": cfg.seed}
+                   "profile": cfg.profile, "experiment": group, "seed": cfg.seed,
+                   "protocol": protocol["name"], "n_train": len(loaders.train.dataset)}
+        if protocol["name"] == "margin":
+            # on the whole training set (margin_error follows trainer.limit_test_batches), as the stop rule saw it
+            reached = margin_check.margin_error(lit)
+            metrics.update(margin_threshold=float(protocol["threshold"]), margin_error_reached=reached,
+                           reached=reached < float(protocol["threshold"]))
         if logger:
             logger.log_metrics({f"final/{k}": v for k, v in metrics.items() if isinstance(v, float)})
             logger.save()  # the trainer has already flushed its own logs
@@ -123,7 +182,8 @@ def main(cfg: DictConfig) -> None:
         metrics = train(cfg, Path(hc.runtime.output_dir), group)
     except (DatasetMissingError, ConfigError) as err:
         sys.exit(f"error: {err}")
-    print(json.dumps({k: metrics[k] for k in ("m", "test_error", "train_error", "margin_error", "epochs")}))
+    print(json.dumps({k: metrics[k] for k in ("m", "test_error", "train_error", "margin_error", "epochs",
+                                              "protocol", "margin_error_reached", "reached") if k in metrics}))
 
 
 if __name__ == "__main__":
