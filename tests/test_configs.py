@@ -166,10 +166,11 @@ def test_requirements_are_pinned_and_mirrored_by_environment_yml():
     assert req["omegaconf"].startswith("2.3")  # hydra-core 1.3 needs omegaconf < 2.4
 
 
-def test_readme_opens_with_the_two_commands_and_ci_runs_the_test_one():
+def test_readme_opens_with_the_two_commands_and_ci_runs_the_readme_test_commands():
     readme = (ROOT / "README.md").read_text()
     first_block = re.search(r"```(?:\w+)?\n(.*?)```", readme, re.S).group(1).split("\n")
     assert [line for line in first_block if line.strip()] == ["make demo", "make test"]
     ci = [line for line in (ROOT / ".ci" / "run").read_text().splitlines()
           if line.strip() and not line.startswith("#") and not line.startswith("set ") and not line.startswith("cd ")]
-    assert ci == ["make test"]
+    assert ci == ["make test", "make test-slow"]
+    assert "`make test-slow`" in readme
