@@ -19,7 +19,6 @@ from omegaconf import DictConfig, OmegaConf
 
 from .bounds import feedforward, generalization as gen, lower, mondeq as mondeq_bounds
 from .bounds.lipsdp import lipsdp
-from .mondeq.conv import SingleConvOperator
 from .mondeq.fc import FullyConnectedOperator
 from .mondeq.networks import MonDEQNet
 from .baselines import CNN, DNN

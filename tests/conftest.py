@@ -14,6 +14,9 @@ ROOT = Path(__file__).resolve().parents[1]
 os.environ["WANDB_MODE"] = "disabled"
 os.environ["MPLBACKEND"] = "Agg"
 os.environ["DVC_NO_ANALYTICS"] = "1"
+# Tests use small tensors: one BLAS/OpenMP thread (set before torch is imported). On two
+# cores, threaded MKL runs small batched (complex) inverses and SVDs 10-100x slower.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 @pytest.fixture

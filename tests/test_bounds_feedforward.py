@@ -6,7 +6,6 @@ force over activation regions, or autograd Jacobians.
 """
 from __future__ import annotations
 
-import contextlib
 import itertools
 import math
 
@@ -22,19 +21,6 @@ from src.bounds import lipsdp as lsdp
 D = torch.float64
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """These are small matrices: on the shared 2-core box, 2 BLAS/OpenMP threads make them 20x slower."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        from threadpoolctl import threadpool_limits
-        limit = threadpool_limits(1)
-    except ImportError:
-        limit = contextlib.nullcontext()
-    with limit:
-        yield
-    torch.set_num_threads(old)
 
 
 def dense_matrix(module: nn.Module, in_shape) -> torch.Tensor:

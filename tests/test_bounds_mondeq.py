@@ -14,13 +14,6 @@ from src.mondeq.splitting import SPLITTING_METHODS, SolverConfig
 TIGHT = SolverConfig(name="pr", alpha=1.0, fwd_tol=1e-10, bwd_tol=1e-10, fwd_max_iter=5000,
                      bwd_max_iter=5000, check_every=1)
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small tensors: one intra-op thread (two threads on two busy cores were measured 10-100x slower)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def fc_net(seed=0, width=8, side=4, m=0.5, classes=10, scale=1.0):
