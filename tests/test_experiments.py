@@ -1,0 +1,263 @@
+"""The figure overlays (conf/experiment/) and the DVC pipeline (dvc.yaml, params.yaml).
+
+- every overlay composes with every app's config, validates and builds its models, with the
+  variants its comment documents, and fixes the paper's hyperparameters;
+- dvc.yaml resolves (DVC's own parser) for both presets of params.yaml, and every stage's
+  command is a valid invocation of its app: Hydra composes and validates its overrides
+  (src.plot's are parsed by its argument parser);
+- a `slow` test runs the whole DAG on synthetic data in a temporary copy of the project and
+  checks that a second `dvc repro` runs nothing.
+"""
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from omegaconf import OmegaConf
+
+from src import plot
+from src.cli import CONF_DIR, validate
+from src.models import build_model
+
+ROOT = Path(CONF_DIR).parent
+EXPERIMENTS = sorted(p.stem for p in (ROOT / "conf" / "experiment").glob("*.yaml"))
+APP_CONFIG = {"run": "config", "bound": "bound", "robustness": "robustness"}
+FIGURES = ["fig1a", "fig1b", "fig1c", "fig1d", "fig2", "fig3", "fig4", "fig5", "fig6", "fig7", "fig8", "fig9",
+           "cifar_multitier"]
+
+
+def test_every_figure_of_the_issue_has_an_overlay():
+    assert set(FIGURES) == set(EXPERIMENTS)
+    assert list(plot.FIGURES) == FIGURES
+    for name in EXPERIMENTS:
+        text = (ROOT / "conf" / "experiment" / f"{name}.yaml").read_text()
+        assert text.startswith("# @package _global_\n"), name
+
+
+# The variants each overlay's comment documents (sweeps go on the command line).
+VARIANTS = {
+    "fig1a": [["model.depth=14"]],
+    "fig1b": [["model.width=60", "m=0.1"]],
+    "fig1c": [["model.depth=10"]],
+    "fig1d": [["model=mon_multiconv", "m=0.5"]],
+    "fig2": [["m=0.1"], ["model=cnn", "model.size=lg"]],
+    "fig3": [["model=dnn", "model.depth=14"]],
+    "fig4": [["m=0.1"], ["model=dnn", "model.depth=8"]],
+    "fig5": [["model=mon_conv"], ["model=mon_multiconv"]],
+    "fig6": [["model.width=100"], ["model=dnn", "model.depth=5", "model.width=20"]],
+    "fig7": [[]],
+    "fig8": [["model=dnn", "model.depth=3"]],
+    "fig9": [["model=cnn", "model.size=med"]],
+    "cifar_multitier": [[]],
+}
+
+
+def _build(cfg):
+    """Build the model; run a forward pass only for the cheap ones (a convolutional monDEQ's
+    equilibrium solve takes 10-40 s on a loaded CPU, and src.cli.validate already built it)."""
+    ds = cfg.dataset
+    net = build_model(cfg.model, cfg.m, cfg.splitting, tuple(ds.in_shape), ds.num_classes)
+    if cfg.model.name in ("dnn", "cnn", "mon_fc"):
+        with torch.no_grad():
+            assert net(torch.zeros(2, *ds.in_shape)).shape == (2, ds.num_classes)
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_overlay_and_its_variants_compose_validate_and_build(experiment):
+    from hydra import compose
+    from hydra import initialize_config_dir
+
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        for variant in [[]] + VARIANTS[experiment]:
+            for app, config_name in APP_CONFIG.items():
+                cfg = compose(config_name, overrides=[f"+experiment={experiment}", *variant],
+                              return_hydra_config=True)
+                assert cfg.hydra.run.dir.startswith(f"outputs/{experiment}/")
+                del cfg.hydra
+                OmegaConf.to_container(cfg, resolve=True)
+                validate(cfg)  # builds the model too
+                if app == "run":
+                    _build(cfg)
+
+
+@pytest.mark.parametrize("experiment,expected", [
+    ("fig1a", {"dataset.name": "mnist", "model.name": "dnn", "model.width": 40, "optim.epochs": 40}),
+    ("fig1b", {"dataset.name": "mnist", "model.name": "mon_fc", "model.width": 40, "m": 20.0,
+               "splitting.name": "pr", "splitting.tune_alpha": True}),
+    ("fig1c", {"model.name": "cnn", "model.size": None}),
+    ("fig1d", {"model.name": "mon_conv", "model.channels": 128}),
+    ("fig2", {"dataset.name": "cifar10", "model.name": "mon_conv", "model.channels": 128, "dataset.augment": False,
+              "optim.step_size": 25}),
+    ("fig3", {"protocol.name": "margin", "protocol.n_train": 4096, "protocol.threshold": 0.1, "margin_gamma": 10.0,
+              "model.width": 40}),
+    ("fig4", {"model.name": "mon_fc", "model.width": 40, "certify.rule": "paper"}),
+    ("fig6", {"m": 1.0}),
+    ("fig7", {"m": 1.0, "model.width": 40}),
+    ("fig8", {"protocol.name": "margin"}),
+    ("fig9", {"dataset.name": "cifar10", "model.channels": 128, "certify.rule": "paper"}),
+    ("cifar_multitier", {"model.name": "mon_multiconv", "model.channels": [64, 128, 128], "dataset.augment": True,
+                         "m": 1.0, "optim.schedule": "onecycle", "optim.lr": 0.05, "optim.epochs": 65}),
+])
+def test_overlays_fix_the_papers_hyperparameters(compose, experiment, expected):
+    cfg = OmegaConf.to_container(compose([f"+experiment={experiment}"]), resolve=True)
+    for dotted, value in expected.items():
+        node = cfg
+        for part in dotted.split("."):
+            node = node[part]
+        assert node == value, dotted
+    multi = compose(["+experiment=fig1d", "model=mon_multiconv"])
+    assert list(multi.model.channels) == [32, 64, 128]
+    assert compose(["+experiment=fig2", "model=cnn", "model.size=lg"]).model.depth is None
+
+
+# --------------------------------------------------------------------------- the DVC pipeline
+
+def _params(preset: str) -> dict:
+    text = (ROOT / "params.yaml").read_text()
+    assert text.rstrip().splitlines()[-1] in ("<<: *smoke", "<<: *paper")
+    return yaml.safe_load(text)["presets"][preset]
+
+
+def test_params_yaml_presets_agree_and_select_one_profile():
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    smoke, paper = params["presets"]["smoke"], params["presets"]["paper"]
+    assert params["profile"] in ("smoke", "paper")
+    assert {k: v for k, v in params.items() if k != "presets"} == params["presets"][params["profile"]]
+    assert smoke.keys() == paper.keys()
+    for key in ("grids", "robust", "args", "bound_args", "robust_args", "data"):
+        assert smoke[key].keys() == paper[key].keys(), key
+    for preset in (smoke, paper):
+        assert preset["grids"].keys() == preset["args"].keys() == preset["bound_args"].keys()
+        for family, grid in preset["robust"].items():  # robustness only on runs that are trained
+            for key, values in grid.items():
+                assert set(values) <= set(preset["grids"][family].get(key, values)), (family, key)
+    assert paper["data"] == {"mnist": "dataset=mnist", "cifar": "dataset=cifar10"}
+    assert paper["grids"]["dnn"]["depth"] == list(range(3, 15))
+    assert paper["grids"]["cifar_mon_conv"]["m"] == [0.1, 0.5, 1, 2, 10, 20]
+    assert paper["grids"]["cifar_cnn"]["size"] == ["sm", "med", "lg"]
+
+
+def _stages(project: Path) -> list:
+    from dvc.repo import Repo
+
+    with Repo(str(project)) as repo:
+        return list(repo.index.stages)
+
+
+@pytest.fixture(scope="module", params=["smoke", "paper"])
+def pipeline(request, tmp_path_factory):
+    """(preset, stages) of dvc.yaml resolved with that preset of params.yaml, in a scratch project."""
+    project = tmp_path_factory.mktemp(f"dvc_{request.param}")
+    shutil.copy(ROOT / "dvc.yaml", project / "dvc.yaml")
+    text = (ROOT / "params.yaml").read_text().rstrip().splitlines()
+    (project / "params.yaml").write_text("\n".join(text[:-1] + [f"<<: *{request.param}"]) + "\n")
+    subprocess.run([sys.executable, "-m", "dvc", "init", "--no-scm", "-q"], cwd=project, check=True,
+                   env={**os.environ, "DVC_NO_ANALYTICS": "1"})
+    return request.param, _stages(project)
+
+
+def _app_calls(cmd: str):
+    """(app, overrides) of each `python -m src.<app> ...` in a stage command."""
+    for part in cmd.split("&&"):
+        words = shlex.split(part)
+        if words[:2] == ["python", "-m"] and words[2].startswith("src."):
+            yield words[2][4:], words[3:]
+
+
+def _check_commands(stages, params):
+    """Compose (Hydra's compose API, as the app would) and validate each stage's command."""
+    from hydra import compose
+    from hydra import initialize_config_dir
+
+    seen = set()
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        for stage in stages:
+            calls = list(_app_calls(stage.cmd))
+            assert len(calls) == 1, stage.name
+            app, argv = calls[0]
+            if app == "plot":
+                args = plot.make_parser().parse_args(argv)
+                assert args.assemble or args.figure, stage.name
+                continue
+            assert app in APP_CONFIG, stage.name
+            run_dir = next(a.split("=", 1)[1] for a in argv if a.startswith("hydra.run.dir="))
+            assert run_dir.startswith(f"outputs/{params['profile']}/"), stage.name
+            cfg = compose(APP_CONFIG[app], overrides=argv, return_hydra_config=True)
+            assert cfg.hydra.run.dir == run_dir
+            validate(cfg)  # m, and the model builds for the dataset's shape
+            assert cfg.profile == params["profile"]
+            key = (app, tuple(a for a in argv if not a.startswith("hydra.")))
+            assert key not in seen, f"two stages run the same command: {stage.name}"
+            seen.add(key)
+
+
+def _one_per_group(stages):
+    """The first stage of each matrix/foreach group (the others differ only in the grid values)."""
+    firsts = {}
+    for stage in stages:
+        firsts.setdefault(stage.name.split("@")[0], stage)
+    return list(firsts.values())
+
+
+def test_every_stage_command_is_a_valid_app_invocation(pipeline):
+    preset, stages = pipeline
+    for stage in stages:  # dvc.lock's YAML folds long lines and does not round-trip a double space
+        assert "  " not in stage.cmd and stage.cmd == stage.cmd.strip(), stage.name
+    _check_commands(_one_per_group(stages), _params(preset))
+    apps = {app for s in stages for app, _ in _app_calls(s.cmd)}
+    assert apps == {"run", "bound", "robustness", "plot"}
+
+
+@pytest.mark.slow
+def test_every_stage_of_every_grid_value_composes(pipeline):
+    preset, stages = pipeline
+    _check_commands(stages, _params(preset))
+
+
+def test_stage_graph_outputs_metrics_and_plots(pipeline):
+    preset, stages = pipeline
+    params = _params(preset)
+    by_name = {s.name: s for s in stages}
+    n_runs = 0
+    for family, grid in params["grids"].items():
+        size = 1
+        for values in grid.values():
+            size *= len(values)
+        n_runs += size
+        train = [s for s in stages if s.name.startswith(f"train_{family}@")]
+        bound = [s for s in stages if s.name.startswith(f"bound_{family}@")]
+        assert len(train) == len(bound) == size, family
+    assert sum(s.name.startswith("train_") for s in stages) == n_runs
+    for stage in stages:
+        outs = {str(o.def_path): o for o in stage.outs}
+        if stage.name.startswith("train_"):
+            assert any(p.endswith("/model.ckpt") and o.use_cache for p, o in outs.items())
+            metrics = [p for p, o in outs.items() if o.metric]
+            assert len(metrics) == 1 and metrics[0].endswith("/metrics.json")
+        if stage.name.startswith("bound_"):
+            assert [p for p, o in outs.items() if o.metric][0].endswith("/bounds.json")
+            assert any(str(d.def_path).endswith("/model.ckpt") for d in stage.deps)
+        if stage.name.startswith("robustness_"):
+            assert any(p.endswith("/robustness.json") for p in outs)
+            assert any(str(d.def_path).endswith("/bounds.json") for d in stage.deps)
+        for dep in stage.deps:  # code and config deps exist; the rest are upstream outputs
+            path = str(dep.def_path)
+            if not path.startswith("outputs/"):
+                assert (ROOT / path).exists() or path == "params.yaml", (stage.name, path)
+    plots = sorted(n.split("@", 1)[1] for n in by_name if n.startswith("plot@"))
+    assert plots == sorted(plot.FIGURES)
+    for fig in plots:
+        outs = {str(o.def_path): o for o in by_name[f"plot@{fig}"].outs}
+        assert outs[f"outputs/figures/{fig}.png"].plot
+        assert f"outputs/figures/{fig}.md" in outs
+    assert {str(d.def_path) for d in by_name["report"].deps} >= {f"outputs/figures/{f}.md" for f in plots}
+
+
+# --------------------------------------------------------------------------- the whole DAG, once

@@ -1,0 +1,255 @@
+"""src.plot draws every figure and writes the report from hand-made, well-formed run dirs."""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from src import plot
+
+MNIST = ("mnist5k", "smoke")
+CIFAR = ("cifar10", "smoke")
+
+
+def write_run(root: Path, name: str, model: dict, *, m=None, data=MNIST, protocol="standard", test_error=None,
+              upper=None, lower=None, details=None, generalization=None, robustness=None) -> Path:
+    """A run dir as src.run / src.bound / src.robustness leave it (only the keys src.plot reads)."""
+    path = root / name
+    path.mkdir(parents=True)
+    common = {"model": model, "m": m, "dataset": data[0], "profile": data[1]}
+    if test_error is not None:
+        (path / "metrics.json").write_text(json.dumps(
+            {**common, "test_error": test_error, "protocol": protocol, "experiment": "test", "reached": True}))
+    if upper is not None or lower is not None or generalization is not None:
+        bounds = {**common, "upper": upper or {}, "lower": lower or {}, "details": details or {}, "seconds": {}}
+        if generalization is not None:
+            bounds["generalization"] = generalization
+        (path / "bounds.json").write_text(json.dumps(bounds))
+    if robustness is not None:
+        (path / "robustness.json").write_text(json.dumps({**common, **robustness}))
+    return path
+
+
+def dnn(depth, width=40):
+    return {"name": "dnn", "depth": depth, "width": width}
+
+
+def mon_fc(width=40):
+    return {"name": "mon_fc", "width": width}
+
+
+def robust(L, cert_acc, pgd_acc, clean=0.97, cert_eps=(0.1, 0.2), pgd_eps=(0.5, 1.0)):
+    return {"certified": {"eps": list(cert_eps), "accuracy": list(cert_acc), "lipschitz": L, "bound": "theorem1",
+                          "rule": "paper"},
+            "pgd": {"eps": list(pgd_eps), "accuracy": list(pgd_acc)}, "clean_accuracy": clean}
+
+
+@pytest.fixture
+def runs_root(tmp_path) -> Path:
+    """Runs for every figure; the trends hold except fig1b's h = 60 curve (not falling with m)."""
+    root = tmp_path / "runs"
+    for d, L in ((3, 12.5), (5, 40.0), (8, 300.0)):
+        write_run(root, f"dnn/d{d}", dnn(d), test_error=0.03 + d / 1000,
+                  upper={"lipsdp_neuron": L, "lipsdp_layer": 1.2 * L, "naive": 3 * L}, lower={"grad_norm": L / 4},
+                  robustness=robust(L, (0.5 / d, 0.02 / d), (0.5 / d, 0.1 / d)))
+    for m, L in ((0.1, 40.0), (1.0, 9.5), (20.0, 3.5)):
+        write_run(root, f"mon_fc/h40_m{m}", mon_fc(40), m=m, test_error=0.02 + m / 1000,
+                  upper={"theorem1": L, "sdp_diag": 0.8 * L}, lower={"grad_norm": L / 3},
+                  details={"unrolled_fb": {"alphas": [0.1, 1.0], "log10": [7.0, 5.5]},
+                           "unrolled_pr": {"alphas": [0.1, 1.0], "log10": [9.0, None]}},
+                  robustness=robust(L, (0.8, 0.6 if m == 20 else 0.01), (0.9, 0.7 if m == 20 else 0.05)))
+    for m, L in ((1.0, 5.0), (20.0, 6.0)):  # h = 60: rises with m, against the paper's claim
+        write_run(root, f"mon_fc/h60_m{m}", mon_fc(60), m=m, test_error=0.03, upper={"theorem1": L})
+    for w, L in ((20, 8.0), (60, 11.0)):
+        write_run(root, f"mon_fc_width/h{w}", mon_fc(w), m=1.0, test_error=0.03, upper={"theorem1": L},
+                  lower={"grad_norm": 2.0})
+        write_run(root, f"dnn_width/h{w}", dnn(5, w), test_error=0.03, upper={"lipsdp_neuron": 10 * L},
+                  lower={"grad_norm": 5.0})
+    for d, L in ((4, 100.0), (6, 1000.0)):
+        write_run(root, f"cnn/d{d}", {"name": "cnn", "depth": d, "size": None}, test_error=0.01,
+                  upper={"autolip": 2 * L, "seqlip_greedy": L}, lower={"grad_norm": 3.0})
+    for kind in ("mon_conv", "mon_multiconv"):
+        for m, L in ((1.0, 200.0), (20.0, 50.0)):
+            write_run(root, f"mon_conv/{kind}_m{m}", {"name": kind}, m=m, test_error=0.005 + m / 1000,
+                      upper={"theorem1": L, "theorem1_pooled": L / 2}, lower={"grad_norm": 1.0})
+    for d, g in ((3, 2e4), (6, 3e6)):
+        write_run(root, f"gen_dnn/d{d}", dnn(d), protocol="margin", test_error=0.07,
+                  upper={}, generalization={"pac_bayes": g, "complexity_term": g})
+    for m, g in ((1.0, 9e5), (20.0, 4e4)):
+        write_run(root, f"gen_mon_fc/m{m}", mon_fc(), m=m, protocol="margin", test_error=0.065,
+                  upper={"theorem1": 5.0},
+                  generalization={"pac_bayes": g, "complexity_term": g, "details": {"unrolled_fb": {
+                      "per_alpha": [{"alpha": 0.1, "log10_complexity": 7.0}, {"alpha": 1.0, "log10_complexity": 6.2}]}}})
+    for m, L, err in ((0.1, 800.0, 0.27), (1.0, 160.0, 0.26), (20.0, 50.0, 0.33)):
+        write_run(root, f"cifar_mon_conv/m{m}", {"name": "mon_conv", "channels": 128}, m=m, data=CIFAR,
+                  test_error=err, upper={"theorem1": L}, lower={"grad_norm": 5.0},
+                  robustness=robust(L, (0.3, 0.1), (0.5, 0.3) if m == 1.0 else (0.2, 0.1), clean=1 - err))
+    for size, L, err in (("sm", 40.0, 0.34), ("med", 1500.0, 0.30), ("lg", 5e7, 0.27)):
+        write_run(root, f"cifar_cnn/{size}", {"name": "cnn", "depth": None, "size": size}, data=CIFAR,
+                  test_error=err, upper={"seqlip_greedy": L}, lower={"grad_norm": 4.0},
+                  robustness=robust(L, (0.1, 0.0), (0.3, 0.2), clean=1 - err))
+    write_run(root, "cifar_multitier/m1.0", {"name": "mon_multiconv", "channels": [64, 128, 128]}, m=1.0,
+              data=CIFAR, test_error=0.11, upper={"theorem1": 2000.0})
+    return root
+
+
+def table_row(report: str, quantity: str) -> list[str]:
+    for line in report.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if cells and cells[0] == quantity:
+            return cells
+    raise AssertionError(f"no row {quantity!r}")
+
+
+def section_of(report: str, name: str) -> str:
+    return report.split(f'<a id="{name}"></a>', 1)[1].split("<a id=", 1)[0]
+
+
+def test_every_figure_is_drawn_and_the_report_has_our_numbers_beside_the_papers(runs_root, tmp_path):
+    out = tmp_path / "out"
+    assert plot.main(["--runs", str(runs_root), "--out", str(out)]) == 0
+    for name in plot.FIGURES:
+        png = out / "figures" / f"{name}.png"
+        assert png.is_file() and png.read_bytes()[:4] == b"\x89PNG", name
+    report = (out / "report.md").read_text()
+    for name in plot.FIGURES:
+        assert f"## {name}:" in report
+        assert "**not run**: no run dirs" not in section_of(report, name), name
+    # our numbers come from the JSON files, the paper's from its text
+    assert table_row(report, "Theorem 1 bound, h = 40, m = 20")[1:5] == ["3.83", "3.5", "mnist5k", "smoke"]
+    assert table_row(report, "LipSDP-Neuron bound, d = 3")[1:3] == ["14.15", "12.5"]
+    assert table_row(report, "LipSDP-Neuron bound, d = 4")[1:3] == ["23.46", "—"]  # not run: no number
+    assert table_row(report, "monDEQ m = 0.1: Lipschitz bound")[1:5] == ["806.6", "800", "cifar10", "smoke"]
+    assert table_row(report, "CNN lg: greedy SeqLip bound")[1:3] == ["5.79e+07", "5e+07"]
+    assert table_row(report, "test error")[1:3] == ["10.25%", "11.00%"]
+    assert table_row(report, "certified accuracy at eps = 0.2, monDEQ m = 20")[1:3] == ["51.00%", "60.00%"]
+    assert table_row(report, "monDEQ m = 20, complexity term")[1:3] == ["3.776e+04", "4e+04"]
+
+
+def test_trend_verdicts_include_one_that_does_not_hold(runs_root, tmp_path):
+    out = tmp_path / "out"
+    plot.main(["--runs", str(runs_root), "--out", str(out)])
+    report = (out / "report.md").read_text()
+    verdict = lambda claim: table_row(report, claim)[1]  # noqa: E731
+    assert verdict("monDEQ bound (Theorem 1) falls with m, h = 40") == "**holding**"
+    assert verdict("monDEQ bound (Theorem 1) falls with m, h = 60") == "**not holding**"
+    assert "1 of 1 steps go the other way" in table_row(report, "monDEQ bound (Theorem 1) falls with m, h = 60")[2]
+    assert verdict("LipSDP-Neuron bound grows with depth") == "**holding**"
+    assert verdict("DNN generalization bound grows with depth") == "**holding**"
+    assert verdict("monDEQ generalization bound falls with m") == "**holding**"
+    assert verdict("monDEQ m = 20 certifies more at eps = 0.2 than every DNN") == "**holding**"
+    assert verdict("monDEQ bound below the DNN bound at every width") == "**holding**"
+    assert verdict("every unrolled FB bound above the monDEQ's Theorem 1 bound") == "**holding**"
+    assert verdict("CNN med and lg upper bounds above every monDEQ bound") == "**holding**"
+    assert verdict("monDEQ test error rises with m") == "**not holding**"  # 27%, 26%, 33%
+    assert "m = 1" in table_row(report, "some monDEQ beats every CNN in clean accuracy and at every PGD radius "
+                                        "(paper: m = 1)")[2]
+
+
+def test_monotone_trends():
+    assert plot.monotone("x", {1: 3.0, 2: 2.0, 5: 1.0}, "down").verdict == plot.HOLDING
+    assert plot.monotone("x", {1: 3.0, 2: 3.0}, "down").verdict == plot.NOT_HOLDING  # flat is no fall
+    assert plot.monotone("x", {1: 1.0, 2: 3.0, 3: 2.0}, "up").verdict == plot.NOT_HOLDING
+    assert plot.monotone("x", {1: 1.0}, "up").verdict == plot.NOT_RUN
+    assert plot.monotone("x", {1: 1.0, 2: None}, "up").verdict == plot.NOT_RUN
+
+
+def test_missing_figures_are_not_run_and_never_drawn_from_data(tmp_path):
+    root = tmp_path / "runs"
+    write_run(root, "a", mon_fc(), m=20.0, test_error=0.04, upper={"theorem1": 3.9})
+    out = tmp_path / "out"
+    plot.main(["--runs", str(root), "--out", str(out)])
+    report = (out / "report.md").read_text()
+    assert "**not run**: no run dirs" in section_of(report, "fig1a")
+    assert "(figures/fig1a.png)" not in report  # a placeholder image, not linked as a figure
+    assert (out / "figures" / "fig1a.png").is_file()
+    assert "**not run**: no run dirs" not in section_of(report, "fig1b")
+    summary = table_row(report, "[fig1a](#fig1a)")
+    assert summary[1] == "not run"
+    # one point is no trend
+    assert table_row(report, "monDEQ bound (Theorem 1) falls with m, h = 40")[1] == "**not run**"
+
+
+def test_figures_are_stamped_with_dataset_and_profile(runs_root):
+    runs = plot.load_runs([runs_root])
+    res = plot.fig1b(runs)
+    texts = [t.get_text() for t in res.figure.texts]
+    assert any("dataset: mnist5k" in t and "profile: smoke" in t and "not a reproduction" in t for t in texts)
+    assert res.figure.axes[0].get_yscale() == "log"
+
+
+def test_the_paper_profile_wins_over_smoke_and_the_other_group_is_listed(runs_root, tmp_path):
+    write_run(runs_root, "paper/mon_fc/h40_m20", mon_fc(), m=20.0, data=("mnist", "paper"), test_error=0.042,
+              upper={"theorem1": 3.9})
+    res = plot.fig1b(plot.load_runs([runs_root]))
+    assert {r.profile for r in res.runs} == {"paper"}
+    assert res.ignored == [("mnist5k", "smoke", 6)]
+    text = plot.section(res, None)
+    assert "ignored 6 run(s) of dataset mnist5k, profile smoke" in text
+    assert "| Theorem 1 bound, h = 40, m = 20 | 3.83 | 3.9 | mnist | paper |" in text
+
+
+def test_params_keep_only_the_pipelines_current_grid(runs_root, tmp_path):
+    params = {"grids": {"dnn": {"depth": [3, 8]}, "mon_fc": {"width": [40], "m": [0.1, 20]}},
+              "robust": {"dnn": {"depth": [3]}}}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    runs = plot.filter_by_params(plot.load_runs([runs_root]), params)
+    names = sorted(str(r.path.relative_to(runs_root)) for r in runs)
+    assert names == ["dnn/d3", "dnn/d8", "mon_fc/h40_m0.1", "mon_fc/h40_m20.0"]
+    out = tmp_path / "out"
+    plot.main(["--runs", str(runs_root), "--out", str(out), "--params", str(tmp_path / "params.yaml"),
+               "--figure", "fig1a"])
+    section = (out / "figures" / "fig1a.md").read_text()
+    assert table_row(section, "LipSDP-Neuron bound, d = 5")[2] == "—"
+    assert table_row(section, "LipSDP-Neuron bound, d = 8")[2] == "300"
+    assert str(runs_root / "dnn" / "d5") not in section and str(runs_root / "dnn" / "d8") in section
+    assert not (out / "report.md").exists()  # --figure writes sections only
+
+
+def test_assemble_orders_sections_and_flags_missing_ones(runs_root, tmp_path):
+    out = tmp_path / "out"
+    plot.main(["--runs", str(runs_root), "--out", str(out), "--figure", "fig7", "fig1a"])
+    plot.main(["--out", str(out), "--assemble"])
+    report = (out / "report.md").read_text()
+    assert report.index('<a id="fig1a">') < report.index('<a id="fig7">')
+    assert "section missing" in table_row(report, "fig2")[1]
+    fig7 = section_of(report, "fig7")
+    assert table_row(fig7, "unrolled bounds, range over alpha (FB and PR)")[1:3] == ["1e+05 – 1e+13",
+                                                                                   "3.162e+05 – 1e+09"]
+
+
+def test_synthetic_runs_are_classified_by_their_saved_channel_count(tmp_path):
+    run = write_run(tmp_path, "r", {"name": "mon_conv"}, m=1.0, data=("synthetic", "tiny"), test_error=0.5)
+    assert plot.load_runs([tmp_path])[0].data == "mnist"
+    (run / ".hydra" / "run").mkdir(parents=True)
+    (run / ".hydra" / "run" / "config.yaml").write_text(yaml.safe_dump({"dataset": {"in_shape": [3, 32, 32]}}))
+    assert plot.load_runs([tmp_path])[0].data == "cifar"
+
+
+def test_paper_numbers_are_the_papers():
+    """A few spot checks against the paper's text (shared/paper) and REFERENCE.md."""
+    paper = Path(__file__).resolve().parents[2] / "shared" / "paper" / "pabbaraju-winston-kolter-iclr2021.txt"
+    if not paper.is_file():
+        pytest.skip("paper text not available")
+    text = paper.read_text()
+    for value in ("14.15", "557.46", "47.38", "3.83", "806.56", "51.19", "1554.01", "1996.86", "10.25%"):
+        assert value in text
+    assert re.search(r"m = 20 at\s*\S*\s*= 0\.2 is 51%, while that for the best DNN \(d = 3\), is just 4%", text)
+
+
+def test_a_training_run_and_the_robustness_dir_of_its_checkpoint_are_one_run(tmp_path):
+    train = write_run(tmp_path, "mon_fc/h40_m20", mon_fc(), m=20.0, test_error=0.04, upper={"theorem1": 3.9})
+    ckpt = train / "model.ckpt"
+    ckpt.write_bytes(b"weights")
+    bounds = json.loads((train / "bounds.json").read_text())
+    (train / "bounds.json").write_text(json.dumps({**bounds, "ckpt": str(ckpt)}))
+    robust_dir = write_run(tmp_path, "robustness/mon_fc/h40_m20", mon_fc(), m=20.0,
+                           robustness={**robust(3.9, (0.6, 0.5), (0.7, 0.6)), "ckpt": str(ckpt)})
+    (robust_dir / "bounds.json").write_text((train / "bounds.json").read_text())  # as dvc.yaml copies it
+    runs = plot.load_runs([tmp_path])
+    assert len(runs) == 1
+    assert runs[0].path == train and runs[0].metrics and runs[0].bounds and runs[0].robustness
+    assert plot.fig1b(runs).notes == []  # no duplicate
