@@ -261,3 +261,85 @@ def test_stage_graph_outputs_metrics_and_plots(pipeline):
 
 
 # --------------------------------------------------------------------------- the whole DAG, once
+
+TINY_PARAMS = {
+    "profile": "tiny", "logger": "csv",
+    "data": {"mnist": "dataset=synthetic dataset.n_train=64 dataset.n_test=32",
+             "cifar": "dataset=synthetic 'dataset.in_shape=[3,32,32]' dataset.n_train=64 dataset.n_test=32"},
+    "grids": {"dnn": {"depth": [3, 4]}, "dnn_width": {"width": [8, 16]}, "mon_fc": {"width": [40], "m": [1, 20]},
+              "mon_fc_width": {"width": [8, 16]}, "cnn": {"depth": [1, 2]}, "mon_conv": {"m": [1, 20]},
+              "mon_multiconv": {"m": [1]}, "gen_dnn": {"depth": [3]}, "gen_mon_fc": {"m": [20]},
+              "cifar_mon_conv": {"m": [1, 20]}, "cifar_cnn": {"size": ["sm"]}, "cifar_multitier": {"m": [1]}},
+    "robust": {"dnn": {"depth": [3]}, "mon_fc": {"width": [40], "m": [20]}, "cifar_mon_conv": {"m": [20]},
+               "cifar_cnn": {"size": ["sm"]}},
+    "args": {"dnn": "seed=0", "dnn_width": "seed=0", "mon_fc": "seed=0", "mon_fc_width": "seed=0", "cnn": "seed=0",
+             "mon_conv": "seed=0 model.channels=4", "mon_multiconv": "seed=0 'model.channels=[2,4,4]'",
+             "gen_dnn": "seed=0 protocol.n_train=null", "gen_mon_fc": "seed=0 model.width=8 protocol.n_train=null",
+             "cifar_mon_conv": "seed=0 model.channels=4", "cifar_cnn": "seed=0",
+             "cifar_multitier": "seed=0 'model.channels=[2,4,4]'"},
+    "robust_args": {"mnist": "robustness.n_test=16 robustness.progress=false robustness.pgd.steps=2",
+                    "cifar": "robustness.n_test=16 robustness.progress=false robustness.pgd.steps=2"},
+}
+CHEAP_BOUNDS = {"dnn": "[lipsdp_neuron,naive,grad_norm]", "dnn_width": "[naive,grad_norm]",
+                "mon_fc": "[theorem1,grad_norm,unrolled_fb,unrolled_pr]", "mon_fc_width": "[theorem1,grad_norm]",
+                "cnn": "[autolip,seqlip_greedy,grad_norm]", "mon_conv": "[theorem1,theorem1_pooled]",
+                "mon_multiconv": "[theorem1]", "gen_dnn": "[naive]", "gen_mon_fc": "[theorem1]",
+                "cifar_mon_conv": "[theorem1]", "cifar_cnn": "[seqlip_greedy,grad_norm]",
+                "cifar_multitier": "[theorem1]"}
+TINY_PARAMS["bound_args"] = {f: f"'bound.methods={m}' bound.lower_points=16 bound.ascent_steps=1 "
+                                "'bound.unrolled_alphas=[0.5,1.0]' bound.unrolled_batch=8"
+                                + ("" if f.startswith("gen_") else " generalization.enabled=false")
+                             for f, m in CHEAP_BOUNDS.items()}
+
+
+def test_tiny_params_cover_every_key_dvc_yaml_reads():
+    smoke = _params("smoke")
+    assert TINY_PARAMS.keys() == smoke.keys()
+    for key in ("data", "grids", "robust", "args", "bound_args", "robust_args"):
+        assert TINY_PARAMS[key].keys() == smoke[key].keys(), key
+
+
+def _dvc(project: Path, *args: str, timeout: float = 3600) -> subprocess.CompletedProcess:
+    env = {**os.environ, "DVC_NO_ANALYTICS": "1", "WANDB_MODE": "disabled", "MPLBACKEND": "Agg",
+           "OMP_NUM_THREADS": "1", "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    return subprocess.run([sys.executable, "-m", "dvc", *args], cwd=project, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def _changed_stages(status: str) -> set[str]:
+    return {line.strip().rstrip(":") for line in status.splitlines()
+            if line and not line[0].isspace() and line.rstrip().endswith(":")}
+
+
+@pytest.mark.slow
+def test_the_whole_dag_runs_on_synthetic_data_and_a_second_repro_is_a_no_op(tmp_path):
+    """Every stage of dvc.yaml on tiny synthetic runs (about 5 minutes on 2 loaded cores)."""
+    project = tmp_path / "project"
+    project.mkdir()
+    for name in ("src", "conf"):
+        shutil.copytree(ROOT / name, project / name, ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("dvc.yaml", ".dvcignore"):
+        shutil.copy(ROOT / name, project / name)
+    (project / "params.yaml").write_text(yaml.safe_dump(TINY_PARAMS))
+    subprocess.run(["git", "init", "-q"], cwd=project, check=True)
+    assert _dvc(project, "init", "-q").returncode == 0
+    first = _dvc(project, "repro")
+    assert first.returncode == 0, first.stdout[-4000:] + first.stderr[-4000:]
+    report = (project / "outputs" / "report.md").read_text()
+    for fig in plot.FIGURES:  # every figure is drawn from (tiny) runs
+        assert (project / "outputs" / "figures" / f"{fig}.png").is_file()
+        section = report.split(f'<a id="{fig}">')[1].split("<a id=")[0]
+        assert "**not run**: no run dirs" not in section, fig
+        assert "profile: tiny" in section
+    second = _dvc(project, "repro")
+    assert second.returncode == 0
+    assert "Running stage" not in second.stdout, second.stdout
+    assert _dvc(project, "status").stdout.strip().endswith("Data and pipelines are up to date.")
+    metrics = _dvc(project, "metrics", "show")
+    assert metrics.returncode == 0 and "test_error" in metrics.stdout and "upper.theorem1" in metrics.stdout
+    # one grid value more: only its branch and the figures reading its family are out of date
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["grids"]["dnn"]["depth"].append(5)
+    (project / "params.yaml").write_text(yaml.safe_dump(params))
+    changed = _changed_stages(_dvc(project, "status").stdout)
+    assert changed == {"train_dnn@5", "bound_dnn@5", "plot@fig1a", "plot@fig1b"}, changed
