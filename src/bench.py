@@ -86,6 +86,7 @@ def run(cfg) -> dict:
     record = {"model": cfg.model.name, "method": cfg.splitting.name, "batch": cfg.bench.batch,
               "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
               "m": cfg.m, "alpha": cfg.splitting.alpha, "check_every": cfg.splitting.check_every,
+              "anderson": cfg.splitting.anderson,
               "threads": torch.get_num_threads(), "ckpt": cfg.ckpt}
     record.update(benchmark(model, in_shape, cfg.bench.batch, cfg.bench.reps, device, cfg.seed, cfg.bench.warmup))
     print(format_line(record), flush=True)

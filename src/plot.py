@@ -454,6 +454,14 @@ def _series(ax, points: dict, label: str, style: str = "-", marker: str = "o", c
     return line
 
 
+
+def _theorem1_series(ax, table: dict, name: str, second: str, second_label: str) -> None:
+    """One family over m in one colour: Theorem 1, a second upper bound (`second`), the lower bound."""
+    line = _series(ax, {m: r.upper("theorem1") for m, r in table.items()}, f"{name} Theorem 1 ub")
+    color = line.get_color() if line else None
+    _series(ax, {m: r.upper(second) for m, r in table.items()}, f"{name} {second_label}", ":", "^", color)
+    _series(ax, {m: r.lower() for m, r in table.items()}, f"{name} lower bound", "--", "s", color)
+
 def _hline(ax, y, label, style="-", color=None):
     if y is not None:
         ax.axhline(y, linestyle=style, label=label, color=color, linewidth=1.2)
@@ -511,10 +519,7 @@ def fig1b(runs: list[Run]) -> Result:
     for width in sorted({r.field("width") for r in sel}):
         table = by_key([r for r in sel if r.field("width") == width], lambda r: r.m, res.notes)
         tables[width] = table
-        line = _series(ax, {m: r.upper("theorem1") for m, r in table.items()}, f"h={width} Theorem 1 ub")
-        color = line.get_color() if line else None
-        _series(ax, {m: r.upper("sdp_diag") for m, r in table.items()}, f"h={width} diagonal SDP ub", ":", "^", color)
-        _series(ax, {m: r.lower() for m, r in table.items()}, f"h={width} lower bound", "--", "s", color)
+        _theorem1_series(ax, table, f"h={width}", "sdp_diag", "diagonal SDP ub")
     ax.set(xlabel="strong-monotonicity parameter m", ylabel="Lipschitz constant", yscale="log")
     _legend(ax)
     res.figure = _finish(fig, sel)
@@ -586,10 +591,7 @@ def fig1d(runs: list[Run]) -> Result:
         if not table:
             continue
         tables[kind] = table
-        line = _series(ax, {m: r.upper("theorem1") for m, r in table.items()}, f"{name} Theorem 1 ub")
-        color = line.get_color() if line else None
-        _series(ax, {m: r.upper("theorem1_pooled") for m, r in table.items()}, f"{name} pooled ub", ":", "^", color)
-        _series(ax, {m: r.lower() for m, r in table.items()}, f"{name} lower bound", "--", "s", color)
+        _theorem1_series(ax, table, name, "theorem1_pooled", "pooled ub")
     ax.set(xlabel="strong-monotonicity parameter m", ylabel="Lipschitz constant", yscale="log")
     _legend(ax)
     res.figure = _finish(fig, sel)

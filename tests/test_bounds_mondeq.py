@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from src.bounds import lower, mondeq
 from src.mondeq.networks import MonConvNet, MonFCNet
 from src.mondeq.spectral import circular_conv
-from src.mondeq.splitting import SPLITTING_METHODS, SolverConfig
+from src.mondeq.splitting import SPLITTING_METHODS, SolverConfig, solve
 
 TIGHT = SolverConfig(name="pr", alpha=1.0, fwd_tol=1e-10, bwd_tol=1e-10, fwd_max_iter=5000,
                      bwd_max_iter=5000, check_every=1)
@@ -263,12 +263,16 @@ def test_unrolled_network_reproduces_the_solver_and_its_bound(method, alpha):
     k = mondeq.count_iterations(net, method, alpha, x, tol=1e-3)
     assert k is not None and k > 1
     # the k-th iterate of the network's solver equals the explicit depth-k network
-    split = SPLITTING_METHODS[method]
     with torch.no_grad():
         bias = op.input_term(net.prepare(x))
         res = op.resolvent(alpha) if method == "pr" else None
-        z_k, stats = split.forward(op, bias, alpha, res, 0.0, k, 1, lambda i: None)
-        _, prev = split.forward(op, bias, alpha, res, 0.0, k - 1, 1, lambda i: None)
+        fp = SPLITTING_METHODS[method].forward_map(op, bias, alpha, res)
+        _, stats = solve(fp, 0.0, k, 1, 0, lambda i: None)
+        _, prev = solve(fp, 0.0, k - 1, 1, 0, lambda i: None)
+        state = fp.start
+        for _ in range(k):
+            state, _ = fp.step(state, False)
+        z_k = op.nonlinearity(state)  # the k-th iterate (PR: its reflected variable) as a layer output
     assert stats.residual <= 1e-3 < prev.residual  # k is the first iteration within tol
     layers = mondeq.unrolled_layers(W, U, Wo, method, alpha, b)
     out = run_unrolled(layers, net.prepare(x).numpy(), k)

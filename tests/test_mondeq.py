@@ -8,7 +8,7 @@ from src.mondeq.conv import SingleConvOperator
 from src.mondeq.fc import FullyConnectedOperator
 from src.mondeq.layer import MonDEQLayer
 from src.mondeq.multiconv import MultiTierConvOperator
-from src.mondeq.splitting import SolverConfig
+from src.mondeq.splitting import SPLITTING_METHODS, SolverConfig, solve
 from src.mondeq.networks import MonConvNet, MonFCNet
 
 TIGHT = dict(fwd_tol=1e-12, bwd_tol=1e-12, fwd_max_iter=20000, bwd_max_iter=20000, check_every=1)
@@ -58,14 +58,15 @@ def dense_equilibrium(W: torch.Tensor, b: torch.Tensor, mask: torch.Tensor, z_gu
     return out
 
 
+@pytest.mark.parametrize("anderson", [0, 5])
 @pytest.mark.parametrize("make_op", [fc_op, conv_op, multiconv_op])
-def test_fb_and_pr_match_dense_float64_equilibrium(make_op):
+def test_fb_and_pr_match_dense_float64_equilibrium(make_op, anderson):
     op = make_op()
     x = torch.randn(5, *op.input_shape, dtype=torch.float64)
     b = op.input_term(x).detach()
     solutions = {}
     for name, alpha in (("pr", 1.0), ("fb", fb_alpha(op))):
-        layer = MonDEQLayer(op, SolverConfig(name=name, alpha=alpha, **TIGHT), "test")
+        layer = MonDEQLayer(op, SolverConfig(name=name, alpha=alpha, anderson=anderson, **TIGHT), "test")
         with torch.no_grad():
             solutions[name] = layer(x)
         assert layer.fwd_stats.converged
@@ -97,14 +98,14 @@ def grads(op, x, z, weights):
     return torch.autograd.grad(loss, params)
 
 
-@pytest.mark.parametrize("method", ["pr", "fb"])
+@pytest.mark.parametrize("method,anderson", [("pr", 0), ("fb", 0), ("pr", 5), ("fb", 5)])
 @pytest.mark.parametrize("make_op,iters", [(fc_op, 5000), (conv_op, 5000), (multiconv_op, 5000)])
-def test_implicit_gradient_matches_unrolled_autograd(make_op, iters, method):
+def test_implicit_gradient_matches_unrolled_autograd(make_op, iters, method, anderson):
     op = make_op(seed=3)
     x = torch.randn(3, *op.input_shape, dtype=torch.float64, requires_grad=True)
     weights = torch.randn(3, op.state_size, dtype=torch.float64)
     alpha = 1.0 if method == "pr" else fb_alpha(op)
-    layer = MonDEQLayer(op, SolverConfig(name=method, alpha=alpha, **TIGHT), "test")
+    layer = MonDEQLayer(op, SolverConfig(name=method, alpha=alpha, anderson=anderson, **TIGHT), "test")
     implicit = grads(op, x, layer(x), weights)
     reference = grads(op, x, unrolled_equilibrium(op, x, iters), weights)
     for got, want in zip(implicit, reference):
@@ -197,3 +198,67 @@ def test_conv_net_shapes_and_stats():
     out.sum().backward()
     stats = net.solver_stats()
     assert stats["fwd_iters"] > 0 and stats["bwd_iters"] > 0 and stats["fwd_residual"] <= 1e-3
+
+
+# --- the splitting solvers: residual checks without W, Anderson acceleration ---------------
+def direct_forward_residual(op, z, bias):
+    return ((z - op.nonlinearity(op.multiply(z) + bias)).norm() / (1e-6 + z.norm())).item()
+
+
+def direct_adjoint_residual(op, u, g, d):
+    return ((u - d * (op.multiply_transpose(u) + g)).norm() / (1e-6 + u.norm())).item()
+
+
+def problem(make_op, method):
+    op = make_op(seed=4)
+    x = torch.randn(3, *op.input_shape, dtype=torch.float64)
+    alpha = 0.7 if method == "pr" else fb_alpha(op)
+    with torch.no_grad():
+        bias = op.input_term(x)
+    resolvent = op.resolvent(alpha) if method == "pr" else None
+    return op, bias, alpha, resolvent
+
+
+def never(iters):
+    raise AssertionError(f"non-finite state after {iters} iterations")
+
+
+@pytest.mark.parametrize("anderson", [0, 4])
+@pytest.mark.parametrize("method", ["pr", "fb"])
+@pytest.mark.parametrize("make_op", [fc_op, conv_op, multiconv_op])
+def test_reported_residual_is_the_equilibrium_residual_of_the_returned_point(make_op, method, anderson):
+    """The residual computed without W (resolvent identity, reused W z) equals the direct one."""
+    op, bias, alpha, resolvent = problem(make_op, method)
+    split = SPLITTING_METHODS[method]
+    with torch.no_grad():
+        z, stats = solve(split.forward_map(op, bias, alpha, resolvent), 1e-4, 5000, 3, anderson, never)
+        assert stats.converged and 0 < stats.residual <= 1e-4
+        assert stats.residual == pytest.approx(direct_forward_residual(op, z, bias), rel=1e-6)
+        d = (op.multiply(z) + bias > 0).to(z.dtype)
+        if op.active_mask is not None:
+            d = d * op.active_mask
+        g = torch.randn_like(z)
+        u, stats = solve(split.adjoint_map(op, g, d, alpha, resolvent), 1e-4, 5000, 3, anderson, never)
+        assert stats.converged and 0 < stats.residual <= 1e-4
+        assert stats.residual == pytest.approx(direct_adjoint_residual(op, u, g, d), rel=1e-6)
+
+
+@pytest.mark.parametrize("method", ["pr", "fb"])
+def test_anderson_needs_fewer_iterations(method):
+    """A slowly converging case (small m, small PR step): plain needs 483 (PR) / 5761 (FB) iterations."""
+    op, bias, alpha, resolvent = problem(lambda seed: fc_op(seed=seed, width=30, m=0.05), method)
+    if method == "pr":
+        alpha, resolvent = 0.1, op.resolvent(0.1)
+    fp = SPLITTING_METHODS[method].forward_map(op, bias, alpha, resolvent)
+    with torch.no_grad():
+        z_plain, plain = solve(fp, 1e-10, 20000, 1, 0, never)
+        z_aa, accelerated = solve(fp, 1e-10, 20000, 1, 5, never)
+    assert plain.converged and accelerated.converged
+    assert accelerated.iters < 0.7 * plain.iters, (accelerated.iters, plain.iters)
+    assert torch.allclose(z_aa, z_plain, atol=1e-8)
+
+
+@pytest.mark.parametrize("bad", [dict(anderson=1), dict(anderson=-3), dict(name="broyden")])
+def test_bad_solver_settings_are_refused(bad):
+    with pytest.raises(ValueError, match="anderson|unknown splitting"):
+        SolverConfig(**bad)

@@ -27,7 +27,7 @@ import torch
 
 from ..mondeq.fc import FullyConnectedOperator
 from ..mondeq.spectral import conv_spectrum
-from ..mondeq.splitting import SPLITTING_METHODS
+from ..mondeq.splitting import SPLITTING_METHODS, solve
 from . import sdp
 
 # SCS tolerances.  The reported values never rely on them for validity (they are
@@ -259,6 +259,16 @@ def _sdp_failure(report, start) -> dict:
             "seconds": time.perf_counter() - start}
 
 
+def _diag_problem(net, method: str):
+    """The FC monDEQ's diagonal SDP, W_out, ||W_out|| and Theorem 1's ||W_out|| ||U|| / m."""
+    _require_fc(net, method)
+    W, U, Wo = _fc_matrices(net)
+    m = float(net.mon.operator.m)
+    prob = _DiagSDP(W, U, m)
+    wo_norm = float(np.linalg.norm(Wo, 2))
+    return prob, Wo, wo_norm, wo_norm * prob.u_norm / m
+
+
 def sdp_diag(net, solvers=sdp.DEFAULT_SOLVERS, eps: float = DIAG_EPS) -> dict:
     """The diagonal-multiplier SDP bound for an FC monDEQ.
 
@@ -293,13 +303,9 @@ def sdp_diag(net, solvers=sdp.DEFAULT_SOLVERS, eps: float = DIAG_EPS) -> dict:
     number.  A status other than 'optimal' is reported as a failure
     (`value` None).  `multipliers` are Lambda in the original units.
     """
-    _require_fc(net, "sdp_diag")
     start = time.perf_counter()
-    W, U, Wo = _fc_matrices(net)
+    prob, Wo, wo_norm, t1 = _diag_problem(net, "sdp_diag")
     m = float(net.mon.operator.m)
-    prob = _DiagSDP(W, U, m)
-    wo_norm = float(np.linalg.norm(Wo, 2))
-    t1 = wo_norm * prob.u_norm / m
     rho, lam, report = prob.solve(Wo.T @ Wo / wo_norm ** 2, solvers, eps)
     if rho is None:
         return _sdp_failure(report, start)
@@ -323,13 +329,8 @@ def sdp_pairwise(net, solvers=sdp.DEFAULT_SOLVERS, eps: float = PAIR_EPS) -> dic
     classes list (zero diagonal, None where a solve failed); `value` is the
     largest L_ij (None if any failed).
     """
-    _require_fc(net, "sdp_pairwise")
     start = time.perf_counter()
-    W, U, Wo = _fc_matrices(net)
-    m = float(net.mon.operator.m)
-    prob = _DiagSDP(W, U, m)
-    wo_norm = float(np.linalg.norm(Wo, 2))
-    scale = wo_norm * prob.u_norm / m
+    prob, Wo, wo_norm, scale = _diag_problem(net, "sdp_pairwise")
     c = Wo.shape[0]
     matrix: list[list[float | None]] = [[0.0] * c for _ in range(c)]
     statuses, first_report, n_failed, solve_seconds = {}, None, 0, 0.0
@@ -437,7 +438,7 @@ def count_iterations(net, method: str, alpha: float, x: torch.Tensor, tol: float
         with torch.no_grad():
             bias = op.input_term(net.prepare(x.to(device=param.device, dtype=param.dtype)))
             resolvent = op.resolvent(alpha) if method == "pr" else None
-            _, stats = split.forward(op, bias, alpha, resolvent, tol, max_iter, 1, nonfinite)
+            _, stats = solve(split.forward_map(op, bias, alpha, resolvent), tol, max_iter, 1, 0, nonfinite)
     except FloatingPointError:
         return None
     finally:

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from .operator import MonotoneOperator
-from .splitting import SPLITTING_METHODS, SolverConfig, SolveStats
+from .splitting import SPLITTING_METHODS, SolverConfig, SolveStats, solve
 
 
 class MonDEQLayer(nn.Module):
@@ -52,9 +52,9 @@ class MonDEQLayer(nn.Module):
         bias = op.input_term(x)
         with torch.no_grad():
             resolvent = op.resolvent(self.alpha) if self.method.name == "pr" else None
-            z_star, self.fwd_stats = self.method.forward(
-                op, bias.detach(), self.alpha, resolvent, cfg.fwd_tol, cfg.fwd_max_iter,
-                cfg.check_every, self._nonfinite)
+            z_star, self.fwd_stats = solve(
+                self.method.forward_map(op, bias.detach(), self.alpha, resolvent), cfg.fwd_tol,
+                cfg.fwd_max_iter, cfg.check_every, cfg.anderson, self._nonfinite)
         self._check_converged(self.fwd_stats, "forward", cfg.fwd_tol)
         z = op.nonlinearity(op.multiply(z_star) + bias)
         if z.requires_grad:
@@ -65,9 +65,9 @@ class MonDEQLayer(nn.Module):
     @torch.no_grad()
     def _implicit_grad(self, g: torch.Tensor, active: torch.Tensor, resolvent) -> torch.Tensor:
         op, cfg = self.operator, self.solver
-        u, self.bwd_stats = self.method.adjoint(
-            op, g, active, self.alpha, resolvent, cfg.bwd_tol, cfg.bwd_max_iter,
-            cfg.check_every, self._nonfinite)
+        u, self.bwd_stats = solve(
+            self.method.adjoint_map(op, g, active, self.alpha, resolvent), cfg.bwd_tol,
+            cfg.bwd_max_iter, cfg.check_every, cfg.anderson, self._nonfinite)
         self._check_converged(self.bwd_stats, "backward", cfg.bwd_tol)
         return g + op.multiply_transpose(u)
 

@@ -4,15 +4,20 @@ Forward problem:  z = relu(W z + b)            (b = U x + bias)
 Adjoint problem:  u = D (W^T u + g)            (D = relu' at the equilibrium)
 The implicit gradient is then g + W^T u (see layer.py).
 
-Each method iterates without touching the host; the relative residual is
-computed, and synchronised, only every `check_every` iterations.
+A method turns a problem into a `FixedPointMap` x -> T(x) on its iterated
+variable; `solve` iterates it (plainly, or with Anderson acceleration) without
+touching the host, and synchronises only every `check_every` iterations, when
+the map also returns the point it evaluated and that point's relative
+equilibrium residual.  The residual comes from quantities the step computes
+anyway (PR: W x follows from the resolvent's own equation), so a check costs
+elementwise work only, never an extra product with W.
 """
 from __future__ import annotations
 
 import math
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Optional
 
 import torch
 
@@ -23,7 +28,7 @@ _EPS = 1e-6
 
 @dataclass
 class SolveStats:
-    """One solve: iterations run, final relative residual, wall time."""
+    """One solve: iterations run, relative equilibrium residual of the returned point, wall time."""
 
     iters: int = 0
     residual: float = math.nan
@@ -41,6 +46,7 @@ class SolverConfig:
     bwd_max_iter: int = 300
     check_every: int = 4
     tune_alpha: bool = False
+    anderson: int = 0
 
     def __post_init__(self):
         if self.name not in SPLITTING_METHODS:
@@ -51,6 +57,8 @@ class SolverConfig:
         for key in ("fwd_max_iter", "bwd_max_iter", "check_every"):
             if int(getattr(self, key)) < 1:
                 raise ValueError(f"splitting.{key} must be >= 1, got {getattr(self, key)}")
+        if self.anderson != 0 and int(self.anderson) < 2:
+            raise ValueError(f"splitting.anderson is a history size: 0 (off) or >= 2, got {self.anderson}")
 
     @classmethod
     def from_mapping(cls, cfg) -> "SolverConfig":
@@ -61,104 +69,147 @@ class SolverConfig:
         return cls(**{k: cfg[k] for k in cfg})
 
 
+Checked = Optional[tuple[torch.Tensor, torch.Tensor]]
+
+
+@dataclass
+class FixedPointMap:
+    """x -> T(x) from `start`; step(x, check) returns T(x) and, when `check`, (point, its residual)."""
+
+    start: torch.Tensor
+    step: Callable[[torch.Tensor, bool], tuple[torch.Tensor, Checked]]
+
+
 def _relative(diff: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
     return diff.norm() / (_EPS + ref.norm())
 
 
-def forward_residual(op: MonotoneOperator, z: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-    return _relative(z - op.nonlinearity(op.multiply(z) + bias), z)
+class Anderson:
+    """Anderson acceleration (type II) of a fixed-point map, batched per sample.
+
+    Keeps the last `memory` pairs (x_i, T(x_i)) and steps to sum_i a_i T(x_i)
+    with a = argmin ||sum_i a_i (T(x_i) - x_i)||, sum_i a_i = 1, solved as a
+    small regularised normal system per sample on the device (no host sync).
+    """
+
+    def __init__(self, step, memory: int, start: torch.Tensor, reg: float = 1e-8):
+        self.inner, self.memory, self.reg = step, memory, reg
+        batch, n = start.shape
+        self.xs = start.new_zeros(batch, memory, n)
+        self.fs = start.new_zeros(batch, memory, n)
+        self.count = 0
+
+    def __call__(self, x: torch.Tensor, check: bool):
+        f, checked = self.inner(x, check)
+        slot = self.count % self.memory
+        self.xs[:, slot] = x
+        self.fs[:, slot] = f
+        self.count += 1
+        k = min(self.count, self.memory)
+        if k == 1:
+            return f, checked
+        X, F = self.xs[:, :k], self.fs[:, :k]
+        G = F - X
+        H = G @ G.transpose(1, 2)
+        scale = H.diagonal(dim1=1, dim2=2).mean(1).clamp_min(1e-30)
+        H = H + (self.reg * scale)[:, None, None] * torch.eye(k, dtype=H.dtype, device=H.device)
+        a, _ = torch.linalg.solve_ex(H, torch.ones_like(H[:, :, :1]))
+        a = a / a.sum(1, keepdim=True)
+        return (a.transpose(1, 2) @ F).squeeze(1), checked
 
 
-def adjoint_residual(op: MonotoneOperator, u: torch.Tensor, g: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
-    return _relative(u - d * (op.multiply_transpose(u) + g), u)
-
-
-def _iterate(step: Callable[[], torch.Tensor], residual: Callable[[], torch.Tensor],
-             tol: float, max_iter: int, check_every: int, on_nonfinite: Callable[[int], None]) -> SolveStats:
+def solve(fp: FixedPointMap, tol: float, max_iter: int, check_every: int, anderson: int,
+          on_nonfinite: Callable[[int], None]) -> tuple[torch.Tensor, SolveStats]:
+    """Iterate `fp` until the checked residual is <= tol (or max_iter); returns the checked point."""
     stats = SolveStats()
     start = time.perf_counter()
+    step = Anderson(fp.step, anderson, fp.start) if anderson else fp.step
+    x = fp.start
+    point = x
     while stats.iters < max_iter:
         n = min(check_every, max_iter - stats.iters)
-        for _ in range(n):
-            step()
+        for _ in range(n - 1):
+            x, _ = step(x, False)
+        x, (point, residual) = step(x, True)
         stats.iters += n
-        stats.residual = residual().item()
+        stats.residual = residual.item()
         if not math.isfinite(stats.residual):
             on_nonfinite(stats.iters)
         if stats.residual <= tol:
             stats.converged = True
             break
     stats.seconds = time.perf_counter() - start
-    return stats
+    return point, stats
 
 
 class ForwardBackward:
-    """z <- relu((1 - alpha) z + alpha (W z + b)); needs alpha <= 2m / ||I - W||^2."""
+    """z <- relu((1 - alpha) z + alpha (W z + b)); needs alpha <= 2m / ||I - W||^2.
+
+    A check reports the residual of the step's input z, from the W z the step computes.
+    """
 
     name = "fb"
 
     @staticmethod
-    def forward(op, bias, alpha, resolvent, tol, max_iter, check_every, on_nonfinite):
-        z = torch.zeros_like(bias)
+    def forward_map(op: MonotoneOperator, bias, alpha, resolvent=None) -> FixedPointMap:
+        def step(z, check):
+            pre = op.multiply(z) + bias
+            z_next = op.nonlinearity((1 - alpha) * z + alpha * pre)
+            return z_next, (z, _relative(z - op.nonlinearity(pre), z)) if check else None
 
-        def step():
-            nonlocal z
-            z = op.nonlinearity((1 - alpha) * z + alpha * (op.multiply(z) + bias))
-
-        stats = _iterate(step, lambda: forward_residual(op, z, bias), tol, max_iter, check_every, on_nonfinite)
-        return z, stats
+        return FixedPointMap(torch.zeros_like(bias), step)
 
     @staticmethod
-    def adjoint(op, g, d, alpha, resolvent, tol, max_iter, check_every, on_nonfinite):
-        u = torch.zeros_like(g)
+    def adjoint_map(op: MonotoneOperator, g, d, alpha, resolvent=None) -> FixedPointMap:
+        def step(u, check):
+            pre = op.multiply_transpose(u) + g
+            u_next = d * ((1 - alpha) * u + alpha * pre)
+            return u_next, (u, _relative(u - d * pre, u)) if check else None
 
-        def step():
-            nonlocal u
-            u = d * ((1 - alpha) * u + alpha * (op.multiply_transpose(u) + g))
-
-        stats = _iterate(step, lambda: adjoint_residual(op, u, g, d), tol, max_iter, check_every, on_nonfinite)
-        return u, stats
+        return FixedPointMap(torch.zeros_like(g), step)
 
 
 class PeacemanRachford:
     """Reflected resolvents of I - W and of the ReLU; converges for any alpha > 0.
 
-    In the reflected variable u the whole step is u <- (2R - I) refl(u) + 2 R alpha b,
-    with refl(u) = 2 relu(u) - u (= |u| without a border mask): one matrix product
-    and one elementwise op per iteration for dense operators.
+    In the reflected variable u the whole step is u <- (2R - I) w + 2 R alpha b,
+    with w = refl(u) = 2 relu(u) - u (= |u| without a border mask): one matrix
+    product and one elementwise op per iteration for dense operators.  The
+    resolvent point x = R(w + alpha b) = (u_next + w) / 2 satisfies
+    W x + b = x + (x - w) / alpha, which gives its residual without W.
     """
 
     name = "pr"
 
     @staticmethod
-    def forward(op, bias, alpha, resolvent: Resolvent, tol, max_iter, check_every, on_nonfinite):
-        u = torch.zeros_like(bias)
+    def forward_map(op: MonotoneOperator, bias, alpha, resolvent: Resolvent) -> FixedPointMap:
         shift = 2 * resolvent.apply(alpha * bias)
 
-        def step():
-            nonlocal u
-            u = resolvent.reflect(op.reflected_nonlinearity(u), shift)
+        def step(u, check):
+            w = op.reflected_nonlinearity(u)
+            u_next = resolvent.reflect(w, shift)
+            if not check:
+                return u_next, None
+            x = (u_next + w) / 2
+            return u_next, (x, _relative(x - op.nonlinearity(x + (x - w) / alpha), x))
 
-        stats = _iterate(step, lambda: forward_residual(op, op.nonlinearity(u), bias), tol, max_iter,
-                         check_every, on_nonfinite)
-        return op.nonlinearity(u), stats
+        return FixedPointMap(torch.zeros_like(bias), step)
 
     @staticmethod
-    def adjoint(op, g, d, alpha, resolvent: Resolvent, tol, max_iter, check_every, on_nonfinite):
-        # u = d (v + alpha g); the reflection 2u - v is sign * v + 2 alpha d g with sign = 2d - 1
-        v = torch.zeros_like(g)
+    def adjoint_map(op: MonotoneOperator, g, d, alpha, resolvent: Resolvent) -> FixedPointMap:
+        # u = d (v + alpha g); the reflection 2u - v is sign * v + 2 alpha d g with sign = 2d - 1;
+        # x = R^T y for y = 2u - v satisfies W^T x = x + (x - y) / alpha
         sign, shift = 2 * d - 1, 2 * alpha * d * g
 
-        def step():
-            nonlocal v
-            v = resolvent.reflect_transpose(torch.addcmul(shift, sign, v))
+        def step(v, check):
+            y = torch.addcmul(shift, sign, v)
+            v_next = resolvent.reflect_transpose(y)
+            if not check:
+                return v_next, None
+            x = (v_next + y) / 2
+            return v_next, (x, _relative(x - d * (x + (x - y) / alpha + g), x))
 
-        def current():
-            return d * (v + alpha * g)
-
-        stats = _iterate(step, lambda: adjoint_residual(op, current(), g, d), tol, max_iter, check_every,
-                         on_nonfinite)
-        return current(), stats
+        return FixedPointMap(torch.zeros_like(g), step)
 
 
 SPLITTING_METHODS = {cls.name: cls for cls in (ForwardBackward, PeacemanRachford)}
