@@ -59,6 +59,28 @@ def benchmark(model: torch.nn.Module, in_shape, batch: int, reps: int, device: t
     return stats
 
 
+def time_bounds(model: torch.nn.Module, cfg, in_shape) -> dict:
+    """Value and seconds of each of src.bound's methods `cfg.bench.bounds` on `model` (CPU).
+
+    `bench.batch` random inputs, uniform in the data box, stand in for the test data
+    (the empirical lower bound draws half its points from them).
+    """
+    from omegaconf import OmegaConf
+
+    from .bound import compute_bounds
+
+    g = torch.Generator().manual_seed(int(cfg.seed))
+    mean = torch.tensor(list(cfg.dataset.mean)).view(-1, 1, 1)
+    std = torch.tensor(list(cfg.dataset.std)).view(-1, 1, 1)
+    x = (torch.rand(int(cfg.bench.batch), *in_shape, generator=g) - mean) / std
+    y = torch.randint(0, int(cfg.dataset.num_classes), (len(x),), generator=g)
+    bound_cfg = OmegaConf.merge(cfg, {"bound": {"methods": list(cfg.bench.bounds), "test_error": False}})
+    found = compute_bounds(model, bound_cfg, x, y)
+    return {name: {"value": found["upper"].get(name, found["lower"].get(name)),
+                   "seconds": found["seconds"][name], "failed": found["failed"].get(name)}
+            for name in cfg.bench.bounds}
+
+
 def format_line(record: dict) -> str:
     return json.dumps(record, sort_keys=False)
 
@@ -82,6 +104,12 @@ def run(cfg) -> dict:
     model = build_model(cfg.model, cfg.m, cfg.splitting, in_shape, cfg.dataset.num_classes)
     if cfg.ckpt:
         load_weights(model, read_checkpoint(cfg.ckpt))
+    if cfg.bench.bounds:
+        record = {"model": cfg.model.name, "m": cfg.m, "threads": torch.get_num_threads(), "ckpt": cfg.ckpt,
+                  "points": cfg.bench.batch}
+        record.update(time_bounds(model, cfg, in_shape))
+        print(format_line(record), flush=True)
+        return record
     device = _device(cfg.bench.device)
     record = {"model": cfg.model.name, "method": cfg.splitting.name, "batch": cfg.bench.batch,
               "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
