@@ -440,6 +440,8 @@ def _new_figure(ncols: int, title: str):
 
 
 def _finish(fig, runs: list[Run]):
+    for ax in fig.axes:
+        _fit_hlines(ax)
     fig.text(0.5, 0.01, _stamp_text(runs), ha="center", va="bottom", fontsize=7, color="dimgray")
     fig.tight_layout(rect=(0, 0.08, 1, 0.95))
     return fig
@@ -454,17 +456,34 @@ def _series(ax, points: dict, label: str, style: str = "-", marker: str = "o", c
     return line
 
 
-
 def _theorem1_series(ax, table: dict, name: str, second: str, second_label: str) -> None:
     """One family over m in one colour: Theorem 1, a second upper bound (`second`), the lower bound."""
-    line = _series(ax, {m: r.upper("theorem1") for m, r in table.items()}, f"{name} Theorem 1 ub")
+    first = {m: r.upper("theorem1") for m, r in table.items()}
+    other = {m: r.upper(second) for m, r in table.items()}
+    line = _series(ax, first, f"{name} Theorem 1 ub")
     color = line.get_color() if line else None
-    _series(ax, {m: r.upper(second) for m, r in table.items()}, f"{name} {second_label}", ":", "^", color)
+    same = all(v is None or first[m] is not None and abs(v - first[m]) <= 1e-9 * abs(first[m])
+               for m, v in other.items())
+    _series(ax, other, f"{name} {second_label}" + (" (= Theorem 1)" if same else ""), ":", "^", color)
     _series(ax, {m: r.lower() for m, r in table.items()}, f"{name} lower bound", "--", "s", color)
+
 
 def _hline(ax, y, label, style="-", color=None):
     if y is not None:
-        ax.axhline(y, linestyle=style, label=label, color=color, linewidth=1.2)
+        ax.axhline(y, linestyle=style, label=label, color=color, linewidth=1.2).reference = True
+
+
+def _fit_hlines(ax):
+    """Widen the y range to every reference line (axhline leaves the autoscaled range alone)."""
+    ys = [line.get_ydata()[0] for line in ax.get_lines() if getattr(line, "reference", False)]
+    if not ys:
+        return
+    low, high = ax.get_ylim()
+    if ax.get_yscale() == "log":
+        ax.set_ylim(min(low, min(ys) / 1.5), max(high, max(ys) * 1.5))
+    else:
+        margin = 0.05 * (max(high, *ys) - min(low, *ys))
+        ax.set_ylim(min(low, min(ys) - margin), max(high, max(ys) + margin))
 
 
 def _legend(ax):

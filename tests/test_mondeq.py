@@ -258,7 +258,7 @@ def test_anderson_needs_fewer_iterations(method):
     assert torch.allclose(z_aa, z_plain, atol=1e-8)
 
 
-@pytest.mark.parametrize("bad", [dict(anderson=1), dict(anderson=-3), dict(name="broyden")])
+@pytest.mark.parametrize("bad", [dict(anderson=1), dict(anderson=-3), dict(anderson=2.5), dict(name="broyden")])
 def test_bad_solver_settings_are_refused(bad):
     with pytest.raises(ValueError, match="anderson|unknown splitting"):
         SolverConfig(**bad)

@@ -241,3 +241,15 @@ def test_a_training_run_and_the_robustness_dir_of_its_checkpoint_are_one_run(tmp
     assert len(runs) == 1
     assert runs[0].path == train and runs[0].metrics and runs[0].bounds and runs[0].robustness
     assert plot.fig1b(runs).notes == []  # no duplicate
+
+
+@pytest.mark.parametrize("scale", ["log", "linear"])
+def test_reference_lines_outside_the_data_stay_in_view(scale):
+    fig, (ax,) = plot._new_figure(1, "t")
+    plot._series(ax, {1: 1e5, 2: 1e9}, "data")
+    plot._hline(ax, 1e3, "below")
+    plot._hline(ax, 2e9, "above")
+    ax.set(yscale=scale)
+    plot._finish(fig, [])
+    low, high = ax.get_ylim()
+    assert low < 1e3 and high > 2e9

@@ -57,7 +57,7 @@ class SolverConfig:
         for key in ("fwd_max_iter", "bwd_max_iter", "check_every"):
             if int(getattr(self, key)) < 1:
                 raise ValueError(f"splitting.{key} must be >= 1, got {getattr(self, key)}")
-        if self.anderson != 0 and int(self.anderson) < 2:
+        if not (float(self.anderson).is_integer() and (self.anderson == 0 or self.anderson >= 2)):
             raise ValueError(f"splitting.anderson is a history size: 0 (off) or >= 2, got {self.anderson}")
 
     @classmethod
