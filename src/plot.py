@@ -385,6 +385,11 @@ def compare(claim: str, ok: bool | None, evidence: str) -> Trend:
     return Trend(claim, HOLDING if ok else NOT_HOLDING, evidence)
 
 
+def check(claim: str, ready: bool, needs: str, judge: Callable[[], tuple[bool | None, str]]) -> Trend:
+    """`claim` judged by judge() -> (holds, evidence) once its runs are there; else not run, `needs` saying why."""
+    return compare(claim, *judge()) if ready else Trend(claim, NOT_RUN, needs)
+
+
 # --------------------------------------------------------------------------- a figure's result
 
 @dataclass
@@ -554,15 +559,14 @@ def fig1b(runs: list[Run]) -> Result:
     dnns = one_group(pick(runs, kind="dnn", data="mnist", protocol="standard", need="bounds",
                           where=lambda r: r.field("width") == 40))[0]
     dnn_bounds = [r.upper("lipsdp_neuron") for r in dnns if r.upper("lipsdp_neuron") is not None]
-    if h40 and dnn_bounds:
-        m_max, run = max(h40.items())
-        ours = run.upper("theorem1")
-        ok = None if ours is None else ours < min(dnn_bounds)
-        res.trends.append(compare(f"monDEQ bound (h = 40, m = {fmt_x(m_max)}) below every DNN's LipSDP bound (Fig. 1a)",
-                                  ok, f"{fmt(ours)} vs smallest DNN {fmt(min(dnn_bounds))}"))
-    else:
-        res.trends.append(Trend("monDEQ bound (h = 40, largest m) below every DNN's LipSDP bound (Fig. 1a)",
-                                NOT_RUN, "needs the runs of Figures 1a and 1b"))
+
+    def below_dnns():
+        ours = max(h40.items())[1].upper("theorem1")
+        return (None if ours is None else ours < min(dnn_bounds)), f"{fmt(ours)} vs smallest DNN {fmt(min(dnn_bounds))}"
+
+    m_max = fmt_x(max(h40)) if h40 else "largest m"
+    res.trends.append(check(f"monDEQ bound (h = 40, m = {m_max}) below every DNN's LipSDP bound (Fig. 1a)",
+                            bool(h40 and dnn_bounds), "needs the runs of Figures 1a and 1b", below_dnns))
     return res
 
 
@@ -682,28 +686,29 @@ def fig2(runs: list[Run]) -> Result:
                                "up", pct=True, xname="m="))
     mon_bounds = [r.upper("theorem1") for r in mon.values() if r.upper("theorem1") is not None]
     big = {s: cnn[s].upper("seqlip_greedy") for s in ("med", "lg") if s in cnn}
-    if mon_bounds and big and all(v is not None for v in big.values()):
-        ok = all(v > max(mon_bounds) for v in big.values())
-        res.trends.append(compare("CNN med and lg upper bounds above every monDEQ bound", ok,
-                                  ", ".join(f"{s}: {fmt(v)}" for s, v in big.items())
-                                  + f" vs largest monDEQ {fmt(max(mon_bounds))}"))
-    else:
-        res.trends.append(Trend("CNN med and lg upper bounds above every monDEQ bound", NOT_RUN,
-                                "needs monDEQ and CNN med/lg bounds"))
+    res.trends.append(check(
+        "CNN med and lg upper bounds above every monDEQ bound",
+        bool(mon_bounds and big and all(v is not None for v in big.values())), "needs monDEQ and CNN med/lg bounds",
+        lambda: (all(v > max(mon_bounds) for v in big.values()),
+                 ", ".join(f"{s}: {fmt(v)}" for s, v in big.items()) + f" vs largest monDEQ {fmt(max(mon_bounds))}")))
     return res
+
+
+def _margin_runs(runs: list[Run], res: Result, where: Callable[[Run], bool], need=None):
+    """The margin-protocol MNIST runs of Figures 3 and 8: (selected, DNNs by depth, FC monDEQs by m)."""
+    sel, res.ignored = one_group(pick(runs, kind="dnn", data="mnist", protocol="margin", need=need, where=where)
+                                 + pick(runs, kind="mon_fc", data="mnist", protocol="margin", need=need, where=where))
+    res.runs = sel
+    dnn = by_key([r for r in sel if r.kind == "dnn"], lambda r: r.field("depth"), res.notes)
+    mon = by_key([r for r in sel if r.kind == "mon_fc"], lambda r: r.m, res.notes)
+    return sel, dnn, mon
 
 
 def fig3(runs: list[Run]) -> Result:
     res = Result("fig3", "Figure 3: generalization bounds, (a) DNNs vs depth, (b) monDEQs vs m (margin protocol)")
-    has_gen = lambda r: bool(r.generalization)  # noqa: E731
-    dnn_runs = pick(runs, kind="dnn", data="mnist", protocol="margin", need="bounds", where=has_gen)
-    mon_runs = pick(runs, kind="mon_fc", data="mnist", protocol="margin", need="bounds", where=has_gen)
-    sel, res.ignored = one_group(dnn_runs + mon_runs)
-    res.runs = sel
+    sel, dnn, mon = _margin_runs(runs, res, lambda r: bool(r.generalization), need="bounds")
     if not sel:
         return res
-    dnn = by_key([r for r in sel if r.kind == "dnn"], lambda r: r.field("depth"), res.notes)
-    mon = by_key([r for r in sel if r.kind == "mon_fc"], lambda r: r.m, res.notes)
     fig, (ax, bx) = _new_figure(2, res.title)
     _series(ax, {d: r.gen_bound() for d, r in dnn.items()}, "DNN (Neyshabur et al. 2018)")
     _series(bx, {m: r.gen_bound() for m, r in mon.items()}, "monDEQ (Theorem 3)")
@@ -759,15 +764,20 @@ def _lipschitz(run: Run):
     return float(L) if isinstance(L, (int, float)) else None
 
 
-def _robust_plot(ax, bx, entries):
-    """entries: [(label, run, style)]; certified in ax, PGD in bx."""
+def _robust_figure(res: Result, entries, runs: list[Run]):
+    """Both panels of a robustness figure; entries: [(label, run, style)]: certified in (a), PGD in (b)."""
+    fig, (ax, bx) = _new_figure(2, res.title)
     for label, run, style in entries:
         cert, pgd = _curve(run, "certified"), _curve(run, "pgd")
-        L = _lipschitz(run)
         if cert:
-            ax.plot(*cert, style, label=f"{label}, L={fmt(L)}", markersize=3)
+            ax.plot(*cert, style, label=f"{label}, L={fmt(_lipschitz(run))}", markersize=3)
         if pgd:
             bx.plot(*pgd, style, label=label, markersize=3)
+    ax.set(xlabel="l2 radius eps (pixels in [0, 1])", ylabel="certified accuracy", title="(a) certified")
+    bx.set(xlabel="l2 radius eps (pixels in [0, 1])", ylabel="accuracy under PGD", title="(b) PGD")
+    _legend(ax)
+    _legend(bx)
+    return _finish(fig, runs)
 
 
 def fig4(runs: list[Run]) -> Result:
@@ -780,14 +790,8 @@ def fig4(runs: list[Run]) -> Result:
         return res
     dnn = by_key([r for r in sel if r.kind == "dnn"], lambda r: r.field("depth"), res.notes)
     mon = by_key([r for r in sel if r.kind == "mon_fc"], lambda r: r.m, res.notes)
-    fig, (ax, bx) = _new_figure(2, res.title)
-    _robust_plot(ax, bx, [(f"DNN d={d}", r, "-o") for d, r in dnn.items()]
-                 + [(f"monDEQ m={fmt_x(m)}", r, "--s") for m, r in mon.items()])
-    ax.set(xlabel="l2 radius eps (pixels in [0, 1])", ylabel="certified accuracy", title="(a) certified")
-    bx.set(xlabel="l2 radius eps (pixels in [0, 1])", ylabel="accuracy under PGD", title="(b) PGD")
-    _legend(ax)
-    _legend(bx)
-    res.figure = _finish(fig, sel)
+    res.figure = _robust_figure(res, [(f"DNN d={d}", r, "-o") for d, r in dnn.items()]
+                                + [(f"monDEQ m={fmt_x(m)}", r, "--s") for m, r in mon.items()], sel)
     m20 = mon.get(20.0)
     cert = {d: _acc_at(_curve(r, "certified"), 0.2) for d, r in dnn.items()}
     best_d = max((d for d in cert if cert[d] is not None), key=lambda d: cert[d], default=None)
@@ -808,23 +812,22 @@ def fig4(runs: list[Run]) -> Result:
                             run=run, source=SRC_FIG4))
     mine = _acc_at(_curve(m20, "certified"), 0.2) if m20 else None
     others = {d: a for d, a in cert.items() if a is not None}
-    if mine is None or not others:
-        res.trends.append(Trend("monDEQ m = 20 certifies more at eps = 0.2 than every DNN", NOT_RUN,
-                                "needs certified curves at eps = 0.2 of the monDEQ m = 20 and of DNNs"))
-    else:
-        res.trends.append(compare("monDEQ m = 20 certifies more at eps = 0.2 than every DNN",
-                                  all(mine > a for a in others.values()),
-                                  f"{fmt(mine, True)} vs " + ", ".join(f"d={d}: {fmt(a, True)}" for d, a in others.items())))
+    res.trends.append(check(
+        "monDEQ m = 20 certifies more at eps = 0.2 than every DNN",
+        mine is not None and bool(others), "needs certified curves at eps = 0.2 of the monDEQ m = 20 and of DNNs",
+        lambda: (all(mine > a for a in others.values()),
+                 f"{fmt(mine, True)} vs " + ", ".join(f"d={d}: {fmt(a, True)}" for d, a in others.items()))))
     pgd = _curve(m20, "pgd") if m20 else None
     dnn_pgd = {d: _curve(r, "pgd") for d, r in dnn.items() if _curve(r, "pgd")}
-    if pgd is None or not dnn_pgd:
-        res.trends.append(Trend("monDEQ m = 20 more accurate under PGD than every DNN at most radii", NOT_RUN,
-                                "needs PGD curves of the monDEQ m = 20 and of DNNs"))
-    else:
+
+    def ahead_of_dnns():
         wins = [all(a > (_acc_at(c, e) if _acc_at(c, e) is not None else -1) for c in dnn_pgd.values())
                 for e, a in zip(*pgd)]
-        res.trends.append(compare("monDEQ m = 20 more accurate under PGD than every DNN at most radii",
-                                  sum(wins) > len(wins) / 2, f"ahead of every DNN at {sum(wins)} of {len(wins)} radii"))
+        return sum(wins) > len(wins) / 2, f"ahead of every DNN at {sum(wins)} of {len(wins)} radii"
+
+    res.trends.append(check("monDEQ m = 20 more accurate under PGD than every DNN at most radii",
+                            pgd is not None and bool(dnn_pgd), "needs PGD curves of the monDEQ m = 20 and of DNNs",
+                            ahead_of_dnns))
     return res
 
 
@@ -939,25 +942,18 @@ def fig7(runs: list[Run]) -> Result:
     t1 = run.upper("theorem1")
     for method in ("fb", "pr"):
         vals = {a: v for a, v in _unrolled(run, method).items() if v is not None}
-        claim = f"every unrolled {method.upper()} bound above the monDEQ's Theorem 1 bound"
-        if not vals or t1 is None:
-            res.trends.append(Trend(claim, NOT_RUN, "no unrolled bounds or no Theorem 1 bound"))
-        else:
-            res.trends.append(compare(claim, all(v > t1 for v in vals.values()),
-                                      f"smallest {fmt(min(vals.values()))} vs {fmt(t1)}"))
+        res.trends.append(check(f"every unrolled {method.upper()} bound above the monDEQ's Theorem 1 bound",
+                                bool(vals) and t1 is not None, "no unrolled bounds or no Theorem 1 bound",
+                                lambda: (all(v > t1 for v in vals.values()),
+                                         f"smallest {fmt(min(vals.values()))} vs {fmt(t1)}")))
     return res
 
 
 def fig8(runs: list[Run]) -> Result:
     res = Result("fig8", "Figure 8: (a) DNN and (b) monDEQ test error (margin protocol), (c) unrolled-FB generalization bound")
-    dnn_runs = pick(runs, kind="dnn", data="mnist", protocol="margin", where=lambda r: r.test_error is not None)
-    mon_runs = pick(runs, kind="mon_fc", data="mnist", protocol="margin", where=lambda r: r.test_error is not None)
-    sel, res.ignored = one_group(dnn_runs + mon_runs)
-    res.runs = sel
+    sel, dnn, mon = _margin_runs(runs, res, lambda r: r.test_error is not None)
     if not sel:
         return res
-    dnn = by_key([r for r in sel if r.kind == "dnn"], lambda r: r.field("depth"), res.notes)
-    mon = by_key([r for r in sel if r.kind == "mon_fc"], lambda r: r.m, res.notes)
     fig, (ax, bx, cx) = _new_figure(3, res.title)
     _series(ax, {d: 100 * r.test_error for d, r in dnn.items()}, "DNNs", "", "o")
     if 20.0 in mon:
@@ -991,14 +987,12 @@ def fig8(runs: list[Run]) -> Result:
     for m, r in mon.items():
         res.rows.append(Row(f"monDEQ m = {fmt_x(m)}: test error", "— (figure only)", fmt(r.test_error, True), run=r))
     pairs = {m: (pts, mon[m].gen_complexity()) for m, pts in unrolled.items() if mon[m].gen_complexity() is not None}
-    if pairs:
-        ok = all(v > t3 for pts, t3 in pairs.values() for v in pts.values() if v is not None)
-        res.trends.append(compare("unrolled-FB generalization bound above Theorem 3's at every alpha", ok,
-                                  "; ".join(f"m={fmt_x(m)}: smallest {fmt(min(v for v in pts.values() if v is not None))}"
-                                            f" vs {fmt(t3)}" for m, (pts, t3) in pairs.items())))
-    else:
-        res.trends.append(Trend("unrolled-FB generalization bound above Theorem 3's at every alpha", NOT_RUN,
-                                "no generalization records with unrolled FB bounds"))
+    res.trends.append(check(
+        "unrolled-FB generalization bound above Theorem 3's at every alpha",
+        bool(pairs), "no generalization records with unrolled FB bounds",
+        lambda: (all(v > t3 for pts, t3 in pairs.values() for v in pts.values() if v is not None),
+                 "; ".join(f"m={fmt_x(m)}: smallest {fmt(min(v for v in pts.values() if v is not None))}"
+                           f" vs {fmt(t3)}" for m, (pts, t3) in pairs.items()))))
     return res
 
 
@@ -1011,14 +1005,8 @@ def fig9(runs: list[Run]) -> Result:
         return res
     mon = by_key([r for r in sel if r.kind == "mon_conv"], lambda r: r.m, res.notes)
     cnn = _by_size(by_key([r for r in sel if r.kind == "cnn"], _cnn_key, res.notes))
-    fig, (ax, bx) = _new_figure(2, res.title)
-    _robust_plot(ax, bx, [(f"CNN {s}", r, "-o") for s, r in cnn.items()]
-                 + [(f"monDEQ m={fmt_x(m)}", r, "--s") for m, r in mon.items()])
-    ax.set(xlabel="l2 radius eps (pixels in [0, 1])", ylabel="certified accuracy", title="(a) certified")
-    bx.set(xlabel="l2 radius eps (pixels in [0, 1])", ylabel="accuracy under PGD", title="(b) PGD")
-    _legend(ax)
-    _legend(bx)
-    res.figure = _finish(fig, sel)
+    res.figure = _robust_figure(res, [(f"CNN {s}", r, "-o") for s, r in cnn.items()]
+                                + [(f"monDEQ m={fmt_x(m)}", r, "--s") for m, r in mon.items()], sel)
     for m, (L, err) in PAPER["cifar_mon"].items():
         run = mon.get(m)
         res.rows.append(Row(f"monDEQ m = {fmt_x(m)}: L", fmt(L), fmt(_lipschitz(run) if run else None), run=run,
@@ -1030,23 +1018,23 @@ def fig9(runs: list[Run]) -> Result:
         res.rows.append(Row(f"CNN {size}: L", fmt(L), fmt(_lipschitz(run) if run else None), run=run, source=SRC_FIG9))
         res.rows.append(Row(f"CNN {size}: clean test error", fmt(err, True), fmt(run.test_error if run else None, True),
                             run=run, source=SRC_FIG9))
-    claim = "some monDEQ beats every CNN in clean accuracy and at every PGD radius (paper: m = 1)"
     cnn_pgd = {s: _curve(r, "pgd") for s, r in cnn.items()}
-    if not mon or not cnn or any(c is None for c in cnn_pgd.values()):
-        res.trends.append(Trend(claim, NOT_RUN, "needs PGD curves of monDEQs and CNNs"))
-    else:
-        winners = []
-        for m, run in mon.items():
-            pgd = _curve(run, "pgd")
-            if pgd is None or run.test_error is None:
-                continue
-            clean = all(run.test_error < c.test_error for c in cnn.values() if c.test_error is not None)
-            robust = all(a > (_acc_at(c, e) if _acc_at(c, e) is not None else -1)
-                         for e, a in zip(*pgd) for c in cnn_pgd.values())
-            if clean and robust:
-                winners.append(m)
-        res.trends.append(compare(claim, bool(winners),
-                                  f"m = {', '.join(fmt_x(m) for m in winners)}" if winners else "no such m"))
+
+    def beats_every_cnn(run) -> bool:
+        pgd = _curve(run, "pgd")
+        if pgd is None or run.test_error is None:
+            return False
+        clean = all(run.test_error < c.test_error for c in cnn.values() if c.test_error is not None)
+        return clean and all(a > (_acc_at(c, e) if _acc_at(c, e) is not None else -1)
+                             for e, a in zip(*pgd) for c in cnn_pgd.values())
+
+    def winners():
+        found = [m for m, run in mon.items() if beats_every_cnn(run)]
+        return bool(found), f"m = {', '.join(fmt_x(m) for m in found)}" if found else "no such m"
+
+    res.trends.append(check("some monDEQ beats every CNN in clean accuracy and at every PGD radius (paper: m = 1)",
+                            bool(mon and cnn) and all(c is not None for c in cnn_pgd.values()),
+                            "needs PGD curves of monDEQs and CNNs", winners))
     return res
 
 

@@ -253,3 +253,13 @@ def test_reference_lines_outside_the_data_stay_in_view(scale):
     plot._finish(fig, [])
     low, high = ax.get_ylim()
     assert low < 1e3 and high > 2e9
+
+
+def test_a_claim_is_judged_only_once_its_runs_are_there():
+    def judge():
+        raise AssertionError("judged without its runs")
+
+    assert plot.check("c", False, "needs x", judge) == plot.Trend("c", plot.NOT_RUN, "needs x")
+    assert plot.check("c", True, "needs x", lambda: (True, "1 < 2")).verdict == plot.HOLDING
+    assert plot.check("c", True, "needs x", lambda: (False, "2 > 1")).verdict == plot.NOT_HOLDING
+    assert plot.check("c", True, "needs x", lambda: (None, "no value")).verdict == plot.NOT_RUN
