@@ -265,7 +265,7 @@ def test_unrolled_network_reproduces_the_solver_and_its_bound(method, alpha):
     # the k-th iterate of the network's solver equals the explicit depth-k network
     with torch.no_grad():
         bias = op.input_term(net.prepare(x))
-        res = op.resolvent(alpha) if method == "pr" else None
+        res = SPLITTING_METHODS[method].resolvent(op, alpha)
         fp = SPLITTING_METHODS[method].forward_map(op, bias, alpha, res)
         _, stats = solve(fp, 0.0, k, 1, 0, lambda i: None)
         _, prev = solve(fp, 0.0, k - 1, 1, 0, lambda i: None)

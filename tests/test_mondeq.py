@@ -215,7 +215,7 @@ def problem(make_op, method):
     alpha = 0.7 if method == "pr" else fb_alpha(op)
     with torch.no_grad():
         bias = op.input_term(x)
-    resolvent = op.resolvent(alpha) if method == "pr" else None
+    resolvent = SPLITTING_METHODS[method].resolvent(op, alpha)
     return op, bias, alpha, resolvent
 
 

@@ -437,7 +437,7 @@ def count_iterations(net, method: str, alpha: float, x: torch.Tensor, tol: float
     try:
         with torch.no_grad():
             bias = op.input_term(net.prepare(x.to(device=param.device, dtype=param.dtype)))
-            resolvent = op.resolvent(alpha) if method == "pr" else None
+            resolvent = split.resolvent(op, alpha)
             _, stats = solve(split.forward_map(op, bias, alpha, resolvent), tol, max_iter, 1, 0, nonfinite)
     except FloatingPointError:
         return None

@@ -51,7 +51,7 @@ class MonDEQLayer(nn.Module):
         op, cfg = self.operator, self.solver
         bias = op.input_term(x)
         with torch.no_grad():
-            resolvent = op.resolvent(self.alpha) if self.method.name == "pr" else None
+            resolvent = self.method.resolvent(op, self.alpha)
             z_star, self.fwd_stats = solve(
                 self.method.forward_map(op, bias.detach(), self.alpha, resolvent), cfg.fwd_tol,
                 cfg.fwd_max_iter, cfg.check_every, cfg.anderson, self._nonfinite)

@@ -95,24 +95,24 @@ class Anderson:
     def __init__(self, step, memory: int, start: torch.Tensor, reg: float = 1e-8):
         self.inner, self.memory, self.reg = step, memory, reg
         batch, n = start.shape
-        self.xs = start.new_zeros(batch, memory, n)
-        self.fs = start.new_zeros(batch, memory, n)
+        self.fs = start.new_zeros(batch, memory, n)  # T(x_i)
+        self.gs = start.new_zeros(batch, memory, n)  # T(x_i) - x_i
+        self.eye = torch.eye(memory, dtype=start.dtype, device=start.device)
         self.count = 0
 
     def __call__(self, x: torch.Tensor, check: bool):
         f, checked = self.inner(x, check)
         slot = self.count % self.memory
-        self.xs[:, slot] = x
         self.fs[:, slot] = f
+        torch.sub(f, x, out=self.gs[:, slot])
         self.count += 1
         k = min(self.count, self.memory)
         if k == 1:
             return f, checked
-        X, F = self.xs[:, :k], self.fs[:, :k]
-        G = F - X
+        F, G = self.fs[:, :k], self.gs[:, :k]
         H = G @ G.transpose(1, 2)
         scale = H.diagonal(dim1=1, dim2=2).mean(1).clamp_min(1e-30)
-        H = H + (self.reg * scale)[:, None, None] * torch.eye(k, dtype=H.dtype, device=H.device)
+        H = H + (self.reg * scale)[:, None, None] * self.eye[:k, :k]
         a, _ = torch.linalg.solve_ex(H, torch.ones_like(H[:, :, :1]))
         a = a / a.sum(1, keepdim=True)
         return (a.transpose(1, 2) @ F).squeeze(1), checked
@@ -151,6 +151,11 @@ class ForwardBackward:
     name = "fb"
 
     @staticmethod
+    def resolvent(op: MonotoneOperator, alpha: float) -> None:
+        """FB never inverts I - W."""
+        return None
+
+    @staticmethod
     def forward_map(op: MonotoneOperator, bias, alpha, resolvent=None) -> FixedPointMap:
         def step(z, check):
             pre = op.multiply(z) + bias
@@ -180,6 +185,11 @@ class PeacemanRachford:
     """
 
     name = "pr"
+
+    @staticmethod
+    def resolvent(op: MonotoneOperator, alpha: float) -> Resolvent:
+        """Built once per solve and shared by the forward and adjoint maps."""
+        return op.resolvent(alpha)
 
     @staticmethod
     def forward_map(op: MonotoneOperator, bias, alpha, resolvent: Resolvent) -> FixedPointMap:
