@@ -12,6 +12,8 @@ import time
 import torch
 import torch.nn.functional as F
 
+from .evaluation import pick_device
+
 
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
@@ -67,7 +69,7 @@ def time_bounds(model: torch.nn.Module, cfg, in_shape) -> dict:
     """
     from omegaconf import OmegaConf
 
-    from .bound import compute_bounds
+    from .bounds.registry import compute_bounds
 
     g = torch.Generator().manual_seed(int(cfg.seed))
     mean = torch.tensor(list(cfg.dataset.mean)).view(-1, 1, 1)
@@ -83,14 +85,6 @@ def time_bounds(model: torch.nn.Module, cfg, in_shape) -> dict:
 
 def format_line(record: dict) -> str:
     return json.dumps(record, sort_keys=False)
-
-
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise SystemExit(f"bench.device={name} but no CUDA device is available")
-    return torch.device(name)
 
 
 def run(cfg) -> dict:
@@ -110,7 +104,7 @@ def run(cfg) -> dict:
         record.update(time_bounds(model, cfg, in_shape))
         print(format_line(record), flush=True)
         return record
-    device = _device(cfg.bench.device)
+    device = pick_device(cfg.bench.device)
     record = {"model": cfg.model.name, "method": cfg.splitting.name, "batch": cfg.bench.batch,
               "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
               "m": cfg.m, "alpha": cfg.splitting.alpha, "check_every": cfg.splitting.check_every,

@@ -14,13 +14,15 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .errors import CheckpointError
+
 ORIGINAL_PREFIX = "mon.linear_module."
 OUR_PREFIX = "mon.operator."
 LIGHTNING_PREFIX = "model."
 
 
-class CheckpointLayoutError(ValueError):
-    pass
+class CheckpointLayoutError(CheckpointError):
+    """A state dict whose keys match no known layout of the configured model."""
 
 
 def read_checkpoint(path: str | Path) -> dict:
@@ -60,3 +62,34 @@ def load_weights(model: nn.Module, checkpoint: Mapping) -> str:
     raise CheckpointLayoutError(
         f"the checkpoint matches no known layout for {type(model).__name__} "
         f"(tried {sorted(candidates)}); missing keys: {missing}; unexpected keys: {unexpected}")
+
+
+def load_model(cfg, run_dir: Path):
+    """The model of `cfg` with the weights of cfg.ckpt (else <run_dir>/model.ckpt), in eval mode, and its path."""
+    from .models import build_model
+
+    path = Path(cfg.ckpt) if cfg.ckpt else run_dir / "model.ckpt"
+    checkpoint = read_checkpoint(path)
+    hparams = checkpoint.get("hyper_parameters") if isinstance(checkpoint, dict) else None
+    if hparams and "m" in hparams and hparams["m"] is not None and cfg.model.name.startswith("mon"):
+        if float(hparams["m"]) != float(cfg.m):
+            raise ValueError(f"checkpoint {path} was trained with m={hparams['m']}, but m={cfg.m} was given")
+    model = build_model(cfg.model, cfg.m, cfg.splitting, tuple(cfg.dataset.in_shape), cfg.dataset.num_classes)
+    layout = load_weights(model, checkpoint)
+    print(f"loaded {path} ({layout} layout)", flush=True)
+    return model.eval(), str(path)
+
+
+def model_from_checkpoint(path: str | Path) -> nn.Module:
+    """The network of one of our Lightning checkpoints, rebuilt from its saved hyperparameters alone."""
+    from .models import build_model
+
+    checkpoint = read_checkpoint(path)
+    h = checkpoint.get("hyper_parameters") if isinstance(checkpoint, Mapping) else None
+    if not h:
+        raise CheckpointError(f"{path} holds no hyperparameters (not a checkpoint of src.run); "
+                              f"give the model's config instead")
+    model = build_model(h["model"], float(h["m"]), h["splitting"], tuple(h["dataset"]["in_shape"]),
+                        int(h["dataset"]["num_classes"]))
+    load_weights(model, checkpoint)
+    return model.eval()

@@ -10,12 +10,15 @@ The configs live in conf/ (see conf/config.yaml).
 from __future__ import annotations
 
 import functools
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
+
+from .errors import ConfigError, ProjectError
 
 CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
 
@@ -30,10 +33,6 @@ def _run_name(override_dirname: str) -> str:
 # hydra.run.dir exactly as the apps do.
 if not OmegaConf.has_resolver("run_name"):
     OmegaConf.register_new_resolver("run_name", _run_name)
-
-
-class ConfigError(ValueError):
-    """A configuration value that no app can run with."""
 
 
 def reorder_argv(argv: Sequence[str]) -> list[str]:
@@ -100,10 +99,12 @@ def hydra_app(config_name: str) -> Callable[[Callable[[DictConfig], object]], Ca
         def checked(cfg: DictConfig):
             try:
                 validate(cfg)
-            except ConfigError as err:
+                return task(cfg)
+            except ProjectError as err:
+                if os.environ.get("HYDRA_FULL_ERROR") == "1":
+                    raise
                 # A plain message and exit status 1, instead of Hydra's stack trace.
-                sys.exit(f"config error: {err}")
-            return task(cfg)
+                sys.exit(f"error: {err}")
 
         hydra_main = hydra.main(config_path=CONF_DIR, config_name=config_name, version_base="1.3")(checked)
 

@@ -17,13 +17,15 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from .errors import ConfigError, DatasetError
+
 MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
                "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 CIFAR10_FILES = tuple(f"data_batch_{i}" for i in range(1, 6)) + ("test_batch", "batches.meta")
 FASHION_CACHE = Path("data")  # where Debian's gzipped Fashion-MNIST is unpacked for torchvision
 
 
-class DatasetMissingError(FileNotFoundError):
+class DatasetMissingError(DatasetError, FileNotFoundError):
     """The files of a dataset are absent and could not be downloaded."""
 
 
@@ -205,3 +207,19 @@ def _synthetic(cfg: Mapping) -> tuple[Split, Split]:
 
 _SOURCES = {"mnist": _mnist, "fashion_mnist": _fashion_mnist, "cifar10": _cifar10,
             "mnist5k": _mnist5k, "synthetic": _synthetic}
+
+
+def training_subset(n_total: int, n_train: int | None, seed: int):
+    """Indices (sorted) of the `n_train` training examples a protocol trains on, drawn with
+    `seed`; None for all of them (n_train null or equal to the training set's size).
+
+    src.run trains on it; src.bound draws the same subset for the empirical margin loss.
+    """
+    if n_train is None or int(n_train) == n_total:
+        return None
+    n_train = int(n_train)
+    if not 0 < n_train < n_total:
+        raise ConfigError(f"protocol.n_train={n_train}, but the training set has {n_total} examples; "
+                          f"choose 1..{n_total}, or null for all")
+    gen = torch.Generator().manual_seed(int(seed))
+    return torch.randperm(n_total, generator=gen)[:n_train].sort().values

@@ -2,8 +2,8 @@
 
     python -m src.demo_report RUN_DIR [RUN_DIR ...]
 
-Theorem 1 (with the output layer): L <= ||W_out||_2 ||U||_2 / m, from the
-weights in each run dir's model.ckpt. The full set of bounds is src.bound's job.
+The bound is the bound library's Theorem 1 (with the output layer, ||W_out||_2 ||U||_2 / m) of
+the network in each run dir's model.ckpt. The full set of bounds is src.bound's job.
 """
 from __future__ import annotations
 
@@ -11,23 +11,16 @@ import json
 import sys
 from pathlib import Path
 
-import torch
-
-
-def theorem1_fc(state_dict: dict, m: float) -> float:
-    """||W_out||_2 ||U||_2 / m of a fully connected monDEQ checkpoint (keys model.*)."""
-    U = state_dict["model.mon.operator.U.weight"].double()
-    W_out = state_dict["model.Wout.weight"].double()
-    return float(torch.linalg.matrix_norm(W_out, ord=2) * torch.linalg.matrix_norm(U, ord=2) / m)
-
 
 def report(run_dirs: list[Path]) -> str:
+    from .bounds.mondeq import theorem1
+    from .checkpoints import model_from_checkpoint
+
     rows = []
     for run in run_dirs:
         metrics = json.loads((run / "metrics.json").read_text())
-        ckpt = torch.load(run / "model.ckpt", map_location="cpu", weights_only=True)
-        rows.append((metrics["m"], metrics["test_error"], theorem1_fc(ckpt["state_dict"], metrics["m"]),
-                     metrics["epochs"], metrics["dataset"], run))
+        bound = theorem1(model_from_checkpoint(run / "model.ckpt"))["value"]
+        rows.append((metrics["m"], metrics["test_error"], bound, metrics["epochs"], metrics["dataset"], run))
     lines = [f"{'m':>6}  {'test error':>10}  {'Theorem 1 bound':>15}  {'epochs':>6}  dataset   run dir"]
     for m, err, bound, epochs, dataset, run in sorted(rows, key=lambda r: r[0]):
         lines.append(f"{m:>6g}  {100 * err:>9.2f}%  {bound:>15.2f}  {epochs:>6}  {dataset:<8}  {run}")
@@ -40,7 +33,7 @@ def main(argv: list[str]) -> None:
         sys.exit("usage: python -m src.demo_report RUN_DIR [RUN_DIR ...]")
     missing = [str(r) for r in runs if not (r / "metrics.json").is_file()]
     if missing:
-        sys.exit(f"no metrics.json in: {', '.join(missing)} (did the training run finish?)")
+        sys.exit(f"error: no metrics.json in: {', '.join(missing)} (did the training run finish?)")
     print(report(runs))
 
 

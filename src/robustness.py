@@ -34,6 +34,8 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from . import attack, certify
+from .errors import ConfigError
+from .evaluation import logits_of, pick_device
 
 METHODS = ("certified", "pgd")
 AUTO_BOUND = {"mon_fc": "theorem1", "mon_conv": "theorem1", "mon_multiconv": "theorem1",
@@ -54,13 +56,16 @@ def check_config(cfg: DictConfig) -> None:
     methods = _as_list(r.methods)
     unknown = [m for m in methods if m not in METHODS]
     if not methods or unknown:
-        raise ValueError(f"robustness.methods must be a non-empty subset of {list(METHODS)}, got {methods}")
+        raise ConfigError(f"robustness.methods must be a non-empty subset of {list(METHODS)}, got {methods}")
     for rule in _as_list(cfg.certify.rule):
-        certify.rule_factor(rule)
+        try:
+            certify.rule_factor(rule)
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
     if r.n_test is not None and (isinstance(r.n_test, bool) or int(r.n_test) < 1):
-        raise ValueError(f"robustness.n_test must be a positive integer or null, got {r.n_test!r}")
+        raise ConfigError(f"robustness.n_test must be a positive integer or null, got {r.n_test!r}")
     if int(r.batch_size) < 1:
-        raise ValueError(f"robustness.batch_size must be >= 1, got {r.batch_size}")
+        raise ConfigError(f"robustness.batch_size must be >= 1, got {r.batch_size}")
 
 
 def default_grid(cfg: DictConfig, which: str) -> list[float]:
@@ -110,14 +115,8 @@ def bounds_record(run_dir: Path, ckpt: str) -> dict | None:
 
 
 def _bound_cfg(cfg: DictConfig, method: str) -> DictConfig:
-    """cfg plus the `bound` section of conf/bound.yaml, restricted to one method."""
-    from .cli import CONF_DIR
-
-    base = OmegaConf.to_container(cfg, resolve=True)
-    bound = OmegaConf.to_container(OmegaConf.load(Path(CONF_DIR) / "bound.yaml").get("bound", {}))
-    bound.update(methods=[method], test_error=False)
-    base["bound"] = bound
-    return OmegaConf.create(base)
+    """cfg (its `bound` section composed from conf/bound.yaml) restricted to one method."""
+    return OmegaConf.merge(cfg, {"bound": {"methods": [method], "test_error": False}})
 
 
 def lipschitz_constant(cfg: DictConfig, model, bound: str, ckpt: str, run_dir: Path, test_x: torch.Tensor):
@@ -125,7 +124,7 @@ def lipschitz_constant(cfg: DictConfig, model, bound: str, ckpt: str, run_dir: P
     record = bounds_record(run_dir, ckpt)
     if record is not None and record.get("upper", {}).get(bound) is not None:
         return record["upper"][bound], "bounds.json"
-    from .bound import compute_bounds
+    from .bounds.registry import compute_bounds
 
     print(f"{bound} not in a bounds.json of this checkpoint: computing it", flush=True)
     record = compute_bounds(model, _bound_cfg(cfg, bound), test_x, None)
@@ -133,17 +132,6 @@ def lipschitz_constant(cfg: DictConfig, model, bound: str, ckpt: str, run_dir: P
     if value is None:
         raise RuntimeError(f"bound {bound} failed: {record.get('failed', {}).get(bound)}")
     return value, "computed"
-
-
-@torch.no_grad()
-def logits_of(model, x: torch.Tensor, batch_size: int, device) -> torch.Tensor:
-    return torch.cat([model(x[i:i + batch_size].to(device)).cpu() for i in range(0, len(x), batch_size)])
-
-
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def _merge(previous: dict | None, record: dict) -> dict:
@@ -188,7 +176,7 @@ def evaluate(cfg: DictConfig, model, ckpt: str, run_dir: Path, images: torch.Ten
             value, source = lipschitz_constant(cfg, model.cpu(), bound, ckpt, run_dir, x)
             sources.append((bound, value, source))
         bound_seconds = time.perf_counter() - start
-    device = _device(str(r.device))
+    device = pick_device(str(r.device))
     model = model.to(device).eval()
     batch = int(r.batch_size)
     logits = logits_of(model, x, batch, device)
@@ -247,13 +235,10 @@ def evaluate(cfg: DictConfig, model, ckpt: str, run_dir: Path, images: torch.Ten
 def run(cfg: DictConfig) -> dict:
     from hydra.core.hydra_config import HydraConfig
 
-    from .bound import load_model
+    from .checkpoints import load_model
     from .data import load_splits
 
-    try:
-        check_config(cfg)
-    except ValueError as err:  # a plain message and exit status 1, as src.cli does for its checks
-        raise SystemExit(f"config error: {err}") from None
+    check_config(cfg)
     torch.manual_seed(cfg.seed)
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     model, ckpt = load_model(cfg, run_dir)

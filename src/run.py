@@ -11,37 +11,15 @@ src/lit.py, checked after every epoch; `trainer.max_epochs` caps it).
 from __future__ import annotations
 
 import json
-import os
-import sys
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from .cli import ConfigError, hydra_app
-
-
-def make_logger(cfg: DictConfig, run_dir: Path, group: str):
-    """The Lightning logger of `cfg.logger` (or False for none)."""
-    name = cfg.logger.name
-    if name == "none":
-        return False
-    if name == "csv":
-        from lightning.pytorch.loggers import CSVLogger
-
-        return CSVLogger(save_dir=str(run_dir), name="csv")
-    if name == "wandb":
-        from lightning.pytorch.loggers import WandbLogger
-
-        mode = cfg.logger.mode
-        if mode is None and not (os.environ.get("WANDB_MODE") or os.environ.get("WANDB_API_KEY")):
-            mode = "offline"  # nothing leaves the machine unless the user asks for it
-        kwargs = {"mode": mode} if mode is not None else {}  # None: wandb follows WANDB_MODE / the key
-        return WandbLogger(project=cfg.logger.project, entity=cfg.logger.entity, save_dir=str(run_dir),
-                           name=f"{group}/{run_dir.name}", group=group,
-                           config=OmegaConf.to_container(cfg, resolve=True), **kwargs)
-    raise ValueError(f"logger.name must be wandb, csv or none, got {name!r}")
+from . import loggers
+from .cli import hydra_app
+from .errors import ConfigError
 
 
 # Dataset fields that do not change a run (as hydra.job.config.override_dirname.exclude_keys).
@@ -74,24 +52,6 @@ def resumable(last: Path, hparams: Mapping) -> str | None:
 PROTOCOLS = ("standard", "margin")
 
 
-def training_subset(n_total: int, n_train: int | None, seed: int):
-    """Indices (sorted) of the `n_train` training examples a protocol trains on, drawn with
-    `seed`; None for all of them (n_train null or equal to the training set's size).
-
-    The bound app draws the same subset for the empirical margin loss.
-    """
-    if n_train is None or int(n_train) == n_total:
-        return None
-    import torch
-
-    n_train = int(n_train)
-    if not 0 < n_train < n_total:
-        raise ConfigError(f"protocol.n_train={n_train}, but the training set has {n_total} examples; "
-                          f"choose 1..{n_total}, or null for all")
-    gen = torch.Generator().manual_seed(int(seed))
-    return torch.randperm(n_total, generator=gen)[:n_train].sort().values
-
-
 def _restrict(loaders, indices):
     """The training loaders on the examples `indices` only (same batch sizes and workers)."""
     from torch.utils.data import DataLoader, Subset
@@ -115,9 +75,9 @@ def _protocol(cfg: DictConfig) -> dict:
 def train(cfg: DictConfig, run_dir: Path, group: str = "default") -> dict:
     """Train `cfg` in `run_dir` (resuming from its last.ckpt) and return what metrics.json holds."""
     import lightning as L
-    from lightning.pytorch.callbacks import ModelCheckpoint
+    from hydra.utils import instantiate
 
-    from .data import make_loaders
+    from .data import make_loaders, training_subset
     from .lit import LitClassifier, MarginStop, TrainMarginError
 
     protocol = _protocol(cfg)
@@ -133,12 +93,11 @@ def train(cfg: DictConfig, run_dir: Path, group: str = "default") -> dict:
     subset = training_subset(len(loaders.train.dataset), protocol.get("n_train"), cfg.seed)
     if subset is not None:
         loaders = _restrict(loaders, subset)
-    logger = make_logger(cfg, run_dir, group)
+    logger = instantiate(cfg.logger, run_dir=run_dir, group=group, run_config=plain,
+                         _convert_="all", _recursive_=False)  # run_config holds _target_ keys: data here
     try:
-        # last.ckpt, overwritten after every epoch (save_last alone saves only beside a top-k checkpoint)
-        every_epoch = ModelCheckpoint(dirpath=str(run_dir), filename="last", save_top_k=1,
-                                      enable_version_counter=False)
-        callbacks = [every_epoch]
+        callbacks = [instantiate(spec, **({"dirpath": str(run_dir)} if spec.get("dirpath", 0) is None else {}))
+                     for spec in cfg.callbacks.values()]
         if protocol["name"] == "margin":
             margin_check = TrainMarginError(loaders.train_eval, cfg.margin_gamma)
             callbacks += [margin_check, MarginStop(protocol["threshold"])]
@@ -162,10 +121,7 @@ def train(cfg: DictConfig, run_dir: Path, group: str = "default") -> dict:
             logger.log_metrics({f"final/{k}": v for k, v in metrics.items() if isinstance(v, float)})
             logger.save()  # the trainer has already flushed its own logs
     finally:
-        if cfg.logger.name == "wandb":
-            import wandb
-
-            wandb.finish()  # each job of a multirun is its own wandb run
+        loggers.close(logger)
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     return metrics
 
@@ -174,14 +130,9 @@ def train(cfg: DictConfig, run_dir: Path, group: str = "default") -> dict:
 def main(cfg: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
 
-    from .data import DatasetMissingError
-
     hc = HydraConfig.get()
     group = hc.runtime.choices.get("experiment") or "default"
-    try:
-        metrics = train(cfg, Path(hc.runtime.output_dir), group)
-    except (DatasetMissingError, ConfigError) as err:
-        sys.exit(f"error: {err}")
+    metrics = train(cfg, Path(hc.runtime.output_dir), group)
     print(json.dumps({k: metrics[k] for k in ("m", "test_error", "train_error", "margin_error", "epochs",
                                               "protocol", "margin_error_reached", "reached") if k in metrics}))
 

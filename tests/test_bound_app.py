@@ -4,7 +4,7 @@ import json
 import pytest
 import torch
 
-from src.bound import METHODS, compute_bounds, select_methods
+from src.bounds.registry import METHODS, compute_bounds, select_methods
 from src.models import build_model
 
 # (model, input shape, sampled points): conv monDEQs get few points, each costs ten implicit solves

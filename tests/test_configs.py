@@ -12,13 +12,14 @@ from hydra.errors import ConfigCompositionException
 from hydra.utils import get_class
 from omegaconf import OmegaConf
 
-from src.cli import CONF_DIR, ConfigError, reorder_argv, validate
+from src.cli import CONF_DIR, reorder_argv, validate
+from src.errors import ConfigError
 from src.models import build_model
 
 CONF = Path(CONF_DIR)
 ROOT = CONF.parent
-GROUPS = ("dataset", "model", "splitting", "trainer", "logger", "profile")
-TOP_KEYS = {"m", "seed", "ckpt", "model", "dataset", "splitting", "trainer", "logger", "profile", "optim"}
+GROUPS = ("dataset", "model", "splitting", "trainer", "callbacks", "logger", "profile")
+TOP_KEYS = {"m", "seed", "ckpt", "model", "dataset", "splitting", "trainer", "callbacks", "logger", "profile", "optim"}
 DATASET_KEYS = {"name", "in_shape", "num_classes", "mean", "std", "batch_size", "test_batch_size"}
 
 

@@ -8,6 +8,7 @@ import pytest
 import yaml
 
 from src import plot
+from src.figures import FIGURES, bounds_m, canvas, paper, report, runs as runs_mod
 
 MNIST = ("mnist5k", "smoke")
 CIFAR = ("cifar10", "smoke")
@@ -110,11 +111,11 @@ def section_of(report: str, name: str) -> str:
 def test_every_figure_is_drawn_and_the_report_has_our_numbers_beside_the_papers(runs_root, tmp_path):
     out = tmp_path / "out"
     assert plot.main(["--runs", str(runs_root), "--out", str(out)]) == 0
-    for name in plot.FIGURES:
+    for name in FIGURES:
         png = out / "figures" / f"{name}.png"
         assert png.is_file() and png.read_bytes()[:4] == b"\x89PNG", name
     report = (out / "report.md").read_text()
-    for name in plot.FIGURES:
+    for name in FIGURES:
         assert f"## {name}:" in report
         assert "**not run**: no run dirs" not in section_of(report, name), name
     # our numbers come from the JSON files, the paper's from its text
@@ -149,11 +150,11 @@ def test_trend_verdicts_include_one_that_does_not_hold(runs_root, tmp_path):
 
 
 def test_monotone_trends():
-    assert plot.monotone("x", {1: 3.0, 2: 2.0, 5: 1.0}, "down").verdict == plot.HOLDING
-    assert plot.monotone("x", {1: 3.0, 2: 3.0}, "down").verdict == plot.NOT_HOLDING  # flat is no fall
-    assert plot.monotone("x", {1: 1.0, 2: 3.0, 3: 2.0}, "up").verdict == plot.NOT_HOLDING
-    assert plot.monotone("x", {1: 1.0}, "up").verdict == plot.NOT_RUN
-    assert plot.monotone("x", {1: 1.0, 2: None}, "up").verdict == plot.NOT_RUN
+    assert paper.monotone("x", {1: 3.0, 2: 2.0, 5: 1.0}, "down").verdict == paper.HOLDING
+    assert paper.monotone("x", {1: 3.0, 2: 3.0}, "down").verdict == paper.NOT_HOLDING  # flat is no fall
+    assert paper.monotone("x", {1: 1.0, 2: 3.0, 3: 2.0}, "up").verdict == paper.NOT_HOLDING
+    assert paper.monotone("x", {1: 1.0}, "up").verdict == paper.NOT_RUN
+    assert paper.monotone("x", {1: 1.0, 2: None}, "up").verdict == paper.NOT_RUN
 
 
 def test_missing_figures_are_not_run_and_never_drawn_from_data(tmp_path):
@@ -173,8 +174,8 @@ def test_missing_figures_are_not_run_and_never_drawn_from_data(tmp_path):
 
 
 def test_figures_are_stamped_with_dataset_and_profile(runs_root):
-    runs = plot.load_runs([runs_root])
-    res = plot.fig1b(runs)
+    runs = runs_mod.load_runs([runs_root])
+    res = bounds_m.fig1b(runs)
     texts = [t.get_text() for t in res.figure.texts]
     assert any("dataset: mnist5k" in t and "profile: smoke" in t and "not a reproduction" in t for t in texts)
     assert res.figure.axes[0].get_yscale() == "log"
@@ -183,10 +184,10 @@ def test_figures_are_stamped_with_dataset_and_profile(runs_root):
 def test_the_paper_profile_wins_over_smoke_and_the_other_group_is_listed(runs_root, tmp_path):
     write_run(runs_root, "paper/mon_fc/h40_m20", mon_fc(), m=20.0, data=("mnist", "paper"), test_error=0.042,
               upper={"theorem1": 3.9})
-    res = plot.fig1b(plot.load_runs([runs_root]))
+    res = bounds_m.fig1b(runs_mod.load_runs([runs_root]))
     assert {r.profile for r in res.runs} == {"paper"}
     assert res.ignored == [("mnist5k", "smoke", 6)]
-    text = plot.section(res, None)
+    text = report.section(res, None)
     assert "ignored 6 run(s) of dataset mnist5k, profile smoke" in text
     assert "| Theorem 1 bound, h = 40, m = 20 | 3.83 | 3.9 | mnist | paper |" in text
 
@@ -195,7 +196,7 @@ def test_params_keep_only_the_pipelines_current_grid(runs_root, tmp_path):
     params = {"grids": {"dnn": {"depth": [3, 8]}, "mon_fc": {"width": [40], "m": [0.1, 20]}},
               "robust": {"dnn": {"depth": [3]}}}
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    runs = plot.filter_by_params(plot.load_runs([runs_root]), params)
+    runs = runs_mod.filter_by_params(runs_mod.load_runs([runs_root]), params)
     names = sorted(str(r.path.relative_to(runs_root)) for r in runs)
     assert names == ["dnn/d3", "dnn/d8", "mon_fc/h40_m0.1", "mon_fc/h40_m20.0"]
     out = tmp_path / "out"
@@ -222,10 +223,10 @@ def test_assemble_orders_sections_and_flags_missing_ones(runs_root, tmp_path):
 
 def test_synthetic_runs_are_classified_by_their_saved_channel_count(tmp_path):
     run = write_run(tmp_path, "r", {"name": "mon_conv"}, m=1.0, data=("synthetic", "tiny"), test_error=0.5)
-    assert plot.load_runs([tmp_path])[0].data == "mnist"
+    assert runs_mod.load_runs([tmp_path])[0].data == "mnist"
     (run / ".hydra" / "run").mkdir(parents=True)
     (run / ".hydra" / "run" / "config.yaml").write_text(yaml.safe_dump({"dataset": {"in_shape": [3, 32, 32]}}))
-    assert plot.load_runs([tmp_path])[0].data == "cifar"
+    assert runs_mod.load_runs([tmp_path])[0].data == "cifar"
 
 
 def test_a_training_run_and_the_robustness_dir_of_its_checkpoint_are_one_run(tmp_path):
@@ -237,20 +238,20 @@ def test_a_training_run_and_the_robustness_dir_of_its_checkpoint_are_one_run(tmp
     robust_dir = write_run(tmp_path, "robustness/mon_fc/h40_m20", mon_fc(), m=20.0,
                            robustness={**robust(3.9, (0.6, 0.5), (0.7, 0.6)), "ckpt": str(ckpt)})
     (robust_dir / "bounds.json").write_text((train / "bounds.json").read_text())  # as dvc.yaml copies it
-    runs = plot.load_runs([tmp_path])
+    runs = runs_mod.load_runs([tmp_path])
     assert len(runs) == 1
     assert runs[0].path == train and runs[0].metrics and runs[0].bounds and runs[0].robustness
-    assert plot.fig1b(runs).notes == []  # no duplicate
+    assert bounds_m.fig1b(runs).notes == []  # no duplicate
 
 
 @pytest.mark.parametrize("scale", ["log", "linear"])
 def test_reference_lines_outside_the_data_stay_in_view(scale):
-    fig, (ax,) = plot._new_figure(1, "t")
-    plot._series(ax, {1: 1e5, 2: 1e9}, "data")
-    plot._hline(ax, 1e3, "below")
-    plot._hline(ax, 2e9, "above")
+    fig, (ax,) = canvas.new_figure(1, "t")
+    canvas.series(ax, {1: 1e5, 2: 1e9}, "data")
+    canvas.hline(ax, 1e3, "below")
+    canvas.hline(ax, 2e9, "above")
     ax.set(yscale=scale)
-    plot._finish(fig, [])
+    canvas.finish(fig, [])
     low, high = ax.get_ylim()
     assert low < 1e3 and high > 2e9
 
@@ -259,7 +260,7 @@ def test_a_claim_is_judged_only_once_its_runs_are_there():
     def judge():
         raise AssertionError("judged without its runs")
 
-    assert plot.check("c", False, "needs x", judge) == plot.Trend("c", plot.NOT_RUN, "needs x")
-    assert plot.check("c", True, "needs x", lambda: (True, "1 < 2")).verdict == plot.HOLDING
-    assert plot.check("c", True, "needs x", lambda: (False, "2 > 1")).verdict == plot.NOT_HOLDING
-    assert plot.check("c", True, "needs x", lambda: (None, "no value")).verdict == plot.NOT_RUN
+    assert paper.check("c", False, "needs x", judge) == paper.Trend("c", paper.NOT_RUN, "needs x")
+    assert paper.check("c", True, "needs x", lambda: (True, "1 < 2")).verdict == paper.HOLDING
+    assert paper.check("c", True, "needs x", lambda: (False, "2 > 1")).verdict == paper.NOT_HOLDING
+    assert paper.check("c", True, "needs x", lambda: (None, "no value")).verdict == paper.NOT_RUN

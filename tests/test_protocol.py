@@ -8,9 +8,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from src.cli import ConfigError, validate
+from src.cli import validate
+from src.errors import ConfigError
 from src.lit import LitClassifier
-from src.run import train, training_subset
+from src.data import training_subset
+from src.run import train
 
 # A task on which the training margin error (at margin 1) falls over a few epochs of two batches.
 MARGIN = ["protocol=margin", "protocol.n_train=200", "margin_gamma=1", "optim.lr=1e-2", "logger=csv",

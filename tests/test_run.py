@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from src.cli import ConfigError, validate
+from src.cli import validate
+from src.errors import ConfigError
 from src.lit import LitClassifier
 from src.run import train
 
@@ -149,3 +150,15 @@ def test_joblib_launcher_runs_a_sweep_in_parallel(run_app, tmp_path, tiny):
     proc = run_app("run", "-m", "m=1,2", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "logger=none", *tiny)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert len(list((tmp_path / "outputs" / "default").glob("*/metrics.json"))) == 2
+
+
+def test_demo_report_gives_the_dense_norm_product_of_the_checkpoint(compose, tmp_path, tiny):
+    from src.demo_report import report
+
+    run_dir = tmp_path / "run"
+    train_in(compose, run_dir, *tiny, "logger=none", "m=5")
+    state = torch.load(run_dir / "model.ckpt", map_location="cpu", weights_only=True)["state_dict"]
+    U, W_out = state["model.mon.operator.U.weight"].double(), state["model.Wout.weight"].double()
+    expected = float(torch.linalg.matrix_norm(W_out, ord=2) * torch.linalg.matrix_norm(U, ord=2) / 5)
+    row = report([run_dir]).splitlines()[1].split()
+    assert float(row[0]) == 5 and float(row[2]) == pytest.approx(expected, abs=0.005)  # printed to 2 decimals

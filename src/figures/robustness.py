@@ -1,0 +1,140 @@
+"""Robustness figures: certified and l2 PGD accuracy curves on MNIST (4) and CIFAR-10 (9)."""
+from __future__ import annotations
+
+import math
+
+from . import canvas
+from .paper import PAPER, SRC_FIG4, SRC_FIG9, check, fmt, fmt_x
+from .result import Result, Row
+from .runs import Run, by_key, by_size, cnn_key, one_group, pick
+
+
+def _curve(run: Run, which: str):
+    rec = (run.robustness or {}).get(which) or {}
+    eps, acc = rec.get("eps"), rec.get("accuracy")
+    if not eps or not acc:
+        return None
+    return [float(e) for e in eps], [float(a) for a in acc]
+
+
+def _acc_at(curve, eps: float):
+    if curve is None:
+        return None
+    for e, a in zip(*curve):
+        if math.isclose(e, eps, rel_tol=1e-6, abs_tol=1e-12):
+            return a
+    return None
+
+
+def _lipschitz(run: Run):
+    L = ((run.robustness or {}).get("certified") or {}).get("lipschitz")
+    return float(L) if isinstance(L, (int, float)) else None
+
+
+def _robust_figure(res: Result, entries, runs: list[Run]):
+    """Both panels of a robustness figure; entries: [(label, run, style)]: certified in (a), PGD in (b)."""
+    fig, (ax, bx) = canvas.new_figure(2, res.title)
+    for label, run, style in entries:
+        cert, pgd = _curve(run, "certified"), _curve(run, "pgd")
+        if cert:
+            ax.plot(*cert, style, label=f"{label}, L={fmt(_lipschitz(run))}", markersize=3)
+        if pgd:
+            bx.plot(*pgd, style, label=label, markersize=3)
+    ax.set(xlabel="l2 radius eps (pixels in [0, 1])", ylabel="certified accuracy", title="(a) certified")
+    bx.set(xlabel="l2 radius eps (pixels in [0, 1])", ylabel="accuracy under PGD", title="(b) PGD")
+    canvas.legend(ax)
+    canvas.legend(bx)
+    return canvas.finish(fig, runs)
+
+
+def fig4(runs: list[Run]) -> Result:
+    res = Result("fig4", "Figure 4: MNIST robustness, (a) certified, (b) l2 PGD")
+    cand = pick(runs, kind={"dnn", "mon_fc"}, data="mnist", need="robustness",
+                where=lambda r: r.field("width") == 40 and r.protocol == "standard")
+    sel, res.ignored = one_group(cand)
+    res.runs = sel
+    if not sel:
+        return res
+    dnn = by_key([r for r in sel if r.kind == "dnn"], lambda r: r.field("depth"), res.notes)
+    mon = by_key([r for r in sel if r.kind == "mon_fc"], lambda r: r.m, res.notes)
+    res.figure = _robust_figure(res, [(f"DNN d={d}", r, "-o") for d, r in dnn.items()]
+                                + [(f"monDEQ m={fmt_x(m)}", r, "--s") for m, r in mon.items()], sel)
+    m20 = mon.get(20.0)
+    cert = {d: _acc_at(_curve(r, "certified"), 0.2) for d, r in dnn.items()}
+    best_d = max((d for d in cert if cert[d] is not None), key=lambda d: cert[d], default=None)
+    res.rows.append(Row("certified accuracy at eps = 0.2, monDEQ m = 20", fmt(PAPER["cert_at_0.2"]["mon_m20"], True),
+                        fmt(_acc_at(_curve(m20, "certified"), 0.2) if m20 else None, True), run=m20,
+                        source="section 5.3"))
+    res.rows.append(Row(f"certified accuracy at eps = 0.2, best DNN (paper: d = 3; ours: d = {best_d})",
+                        fmt(PAPER["cert_at_0.2"]["dnn_best"], True),
+                        fmt(cert[best_d] if best_d is not None else None, True),
+                        run=dnn.get(best_d), source="section 5.3"))
+    for d, value in PAPER["dnn_lipsdp"].items():
+        run = dnn.get(d)
+        res.rows.append(Row(f"L of DNN d = {d} (LipSDP-Neuron)", fmt(value), fmt(_lipschitz(run) if run else None),
+                            run=run, source=SRC_FIG4))
+    for m, value in PAPER["fc_theorem1"].items():
+        run = mon.get(m)
+        res.rows.append(Row(f"L of monDEQ m = {fmt_x(m)} (Theorem 1)", fmt(value), fmt(_lipschitz(run) if run else None),
+                            run=run, source=SRC_FIG4))
+    mine = _acc_at(_curve(m20, "certified"), 0.2) if m20 else None
+    others = {d: a for d, a in cert.items() if a is not None}
+    res.trends.append(check(
+        "monDEQ m = 20 certifies more at eps = 0.2 than every DNN",
+        mine is not None and bool(others), "needs certified curves at eps = 0.2 of the monDEQ m = 20 and of DNNs",
+        lambda: (all(mine > a for a in others.values()),
+                 f"{fmt(mine, True)} vs " + ", ".join(f"d={d}: {fmt(a, True)}" for d, a in others.items()))))
+    pgd = _curve(m20, "pgd") if m20 else None
+    dnn_pgd = {d: _curve(r, "pgd") for d, r in dnn.items() if _curve(r, "pgd")}
+
+    def ahead_of_dnns():
+        wins = [all(a > (_acc_at(c, e) if _acc_at(c, e) is not None else -1) for c in dnn_pgd.values())
+                for e, a in zip(*pgd)]
+        return sum(wins) > len(wins) / 2, f"ahead of every DNN at {sum(wins)} of {len(wins)} radii"
+
+    res.trends.append(check("monDEQ m = 20 more accurate under PGD than every DNN at most radii",
+                            pgd is not None and bool(dnn_pgd), "needs PGD curves of the monDEQ m = 20 and of DNNs",
+                            ahead_of_dnns))
+    return res
+
+
+def fig9(runs: list[Run]) -> Result:
+    res = Result("fig9", "Figure 9: CIFAR-10 robustness, (a) certified, (b) l2 PGD")
+    sel, res.ignored = one_group(pick(runs, kind={"mon_conv", "cnn"}, data="cifar", need="robustness",
+                                      where=lambda r: r.protocol == "standard"))
+    res.runs = sel
+    if not sel:
+        return res
+    mon = by_key([r for r in sel if r.kind == "mon_conv"], lambda r: r.m, res.notes)
+    cnn = by_size(by_key([r for r in sel if r.kind == "cnn"], cnn_key, res.notes))
+    res.figure = _robust_figure(res, [(f"CNN {s}", r, "-o") for s, r in cnn.items()]
+                                + [(f"monDEQ m={fmt_x(m)}", r, "--s") for m, r in mon.items()], sel)
+    for m, (L, err) in PAPER["cifar_mon"].items():
+        run = mon.get(m)
+        res.rows.append(Row(f"monDEQ m = {fmt_x(m)}: L", fmt(L), fmt(_lipschitz(run) if run else None), run=run,
+                            source=SRC_FIG9))
+        res.rows.append(Row(f"monDEQ m = {fmt_x(m)}: clean test error", fmt(err, True),
+                            fmt(run.test_error if run else None, True), run=run, source=SRC_FIG9))
+    for size, (L, err) in PAPER["cifar_cnn"].items():
+        run = cnn.get(size)
+        res.rows.append(Row(f"CNN {size}: L", fmt(L), fmt(_lipschitz(run) if run else None), run=run, source=SRC_FIG9))
+        res.rows.append(Row(f"CNN {size}: clean test error", fmt(err, True), fmt(run.test_error if run else None, True),
+                            run=run, source=SRC_FIG9))
+    cnn_pgd = {s: _curve(r, "pgd") for s, r in cnn.items()}
+
+    def beats_every_cnn(run) -> bool:
+        pgd = _curve(run, "pgd")
+        if pgd is None or run.test_error is None:
+            return False
+        clean = all(run.test_error < c.test_error for c in cnn.values() if c.test_error is not None)
+        return clean and all(a > (_acc_at(c, e) if _acc_at(c, e) is not None else -1)
+                             for e, a in zip(*pgd) for c in cnn_pgd.values())
+
+    def winners():
+        found = [m for m, run in mon.items() if beats_every_cnn(run)]
+        return bool(found), f"m = {', '.join(fmt_x(m) for m in found)}" if found else "no such m"
+
+    res.trends.append(check("some monDEQ beats every CNN in clean accuracy and at every PGD radius (paper: m = 1)",
+                            bool(mon and cnn) and all(c is not None for c in cnn_pgd.values()),
+                            "needs PGD curves of monDEQs and CNNs", winners))
+    return res
