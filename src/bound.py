@@ -4,23 +4,32 @@ Writes <run dir>/bounds.json (keys in DESIGN.md): `upper` and `lower`
 values, `details` per method (solver reports, intermediate norms),
 `seconds` per method and `solver` for each SDP.  A method that fails is
 reported with its status under `failed`, never as a number.
+
+`provenance` says, per entry, which checkpoint (its sha256) and settings produced
+it and how its equilibrium solves converged; entries of earlier runs on the same
+checkpoint that this run did not recompute are kept.  The dataset is read only
+when something needs it (test error, lower and unrolled bounds, generalization):
+the data-free methods run without it.
 """
 from __future__ import annotations
 
 import json
+import sys
 import time
 from pathlib import Path
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from . import provenance
 from .bounds import generalization as gen
-from .bounds.registry import compute_bounds, jsonable
+from .bounds.registry import METHODS, compute_bounds, jsonable, select_methods
+
+ENTRY_KEYS = ("upper", "lower", "details", "seconds", "solver", "failed")
 
 
-def generalization_bounds(model, cfg: DictConfig, train, ckpt: str) -> dict:
+def generalization_bounds(model, cfg: DictConfig, train, checkpoint: dict) -> dict:
     """PAC-Bayes bounds on the training subset the run's protocol used."""
-    from .checkpoints import read_checkpoint
     from .data import normalise, training_subset
 
     start = time.perf_counter()
@@ -28,31 +37,106 @@ def generalization_bounds(model, cfg: DictConfig, train, ckpt: str) -> dict:
     idx = training_subset(len(train_y), cfg.protocol.n_train, cfg.seed)
     if idx is not None:
         train_x, train_y = train_x[idx], train_y[idx]
-    checkpoint = read_checkpoint(ckpt)
-    reference = checkpoint.get("initial_state_dict") if isinstance(checkpoint, dict) else None
-    out = gen.generalization(model, train_x, train_y, cfg.generalization, reference=reference)
+    out = gen.generalization(model, train_x, train_y, cfg.generalization,
+                             reference=checkpoint.get("initial_state_dict"))
     out["seconds"] = time.perf_counter() - start
     print(f"  generalization: {out.get('pac_bayes')}  ({out['seconds']:.1f} s)", flush=True)
     return out
 
 
+def settings(cfg: DictConfig) -> dict:
+    """The settings besides the checkpoint that change a bound (recorded with every entry)."""
+    plain = OmegaConf.to_container(cfg, resolve=True)
+    bound = {k: v for k, v in plain["bound"].items() if k not in ("methods", "test_error", "accept_poor_model")}
+    return {"seed": plain["seed"], "bound": bound, "generalization": plain["generalization"],
+            "splitting": plain["splitting"], "dataset": provenance.what("dataset", plain["dataset"])}
+
+
+def merge(previous: dict | None, record: dict) -> dict:
+    """`record`, plus the entries of an earlier bounds.json of the same checkpoint that it did not recompute."""
+    if not previous:
+        return record
+    sha = record["ckpt_sha256"]
+    merged = json.loads(json.dumps(record))
+    dropped = []
+    for name, origin in previous.get("provenance", {}).items():
+        if name in record["provenance"]:
+            continue
+        if origin.get("ckpt_sha256") != sha:
+            dropped.append(name)
+            continue
+        merged["provenance"][name] = origin
+        if name in ("test_error", "generalization"):
+            merged[name] = previous.get(name)
+            continue
+        for key in ENTRY_KEYS:
+            if name in previous.get(key, {}):
+                merged[key][name] = previous[key][name]
+    if dropped:
+        print(f"dropped {', '.join(dropped)} from the earlier bounds.json: of another checkpoint", flush=True)
+    return merged
+
+
 def run(cfg: DictConfig) -> dict:
     from hydra.core.hydra_config import HydraConfig
-    from .checkpoints import load_model
-    from .data import load_splits, normalise
+
+    from .cli import given_keys
+
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    with provenance.locked(run_dir):
+        return bound(cfg, run_dir, m_given="m" in given_keys())
+
+
+def bound(cfg: DictConfig, run_dir: Path, m_given: bool = True) -> dict:
+    """Compute the bounds of cfg's checkpoint and write <run_dir>/bounds.json; returns its record."""
+    from .checkpoints import check_not_poor, load_model, read_checkpoint
+    from .data import DatasetMissingError, load_splits, normalise
+    from .errors import ConfigError
+    from .evaluation import convergence, reset_convergence, test_error, warn_unconverged
 
     torch.manual_seed(cfg.seed)
-    run_dir = Path(HydraConfig.get().runtime.output_dir)
-    model, ckpt = load_model(cfg, run_dir)
-    train, test = load_splits(cfg.dataset)
-    test_x = normalise(test, cfg.dataset.mean, cfg.dataset.std)
-    record = compute_bounds(model, cfg, test_x, test.labels)
-    if cfg.generalization.enabled and gen.applies(model):
-        record["generalization"] = jsonable(generalization_bounds(model, cfg, train, ckpt))
+    loaded = load_model(cfg, run_dir, m_given)
+    model = loaded.model
+    try:
+        names = select_methods(model, cfg.bound.methods)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    needs_data = [n for n in names if METHODS[n].needs_data]
+    with_generalization = bool(cfg.generalization.enabled and gen.applies(model))
+    train = test = None
+    skipped = None
+    if needs_data or cfg.bound.test_error or with_generalization:
+        try:
+            train, test = load_splits(cfg.dataset)
+        except DatasetMissingError as err:
+            if needs_data:
+                raise DatasetMissingError(f"bound.methods {needs_data} need the test split. {err}") from None
+            skipped = str(err).splitlines()[0]
+            print(f"warning: {skipped}: test error and generalization bounds skipped, data-free bounds computed",
+                  file=sys.stderr, flush=True)
+    reset_convergence(model)
+    test_x = None if test is None else normalise(test, cfg.dataset.mean, cfg.dataset.std)
+    found: dict = {}
+    if test_x is not None and cfg.bound.test_error:
+        found["test_error"] = test_error(model, test_x, test.labels)
+        print(f"      test_error: {found['test_error']:.4f}", flush=True)
+        check_not_poor(loaded, found["test_error"], bool(cfg.bound.accept_poor_model))
+    record = {**compute_bounds(model, cfg, test_x, None if test is None else test.labels), **found}
+    if with_generalization and train is not None:
+        record["generalization"] = jsonable(generalization_bounds(model, cfg, train, read_checkpoint(loaded.path)))
+    if skipped:
+        record["skipped"] = {"test_error": skipped, "generalization": skipped}
+    solves = convergence(model)
+    warn_unconverged(solves, "src.bound")
+    origin = {"ckpt_sha256": loaded.sha256, "settings": settings(cfg), "convergence": solves}
+    entries = names + [k for k in ("test_error", "generalization") if k in record]
     record.update(model=OmegaConf.to_container(cfg.model), m=cfg.m, dataset=cfg.dataset.name,
-                  profile=cfg.get("profile"), ckpt=ckpt)
-    (run_dir / "bounds.json").write_text(json.dumps(record, indent=2))
-    print(f"wrote {run_dir / 'bounds.json'}", flush=True)
+                  profile=cfg.get("profile"), ckpt=loaded.path, ckpt_sha256=loaded.sha256, convergence=solves,
+                  provenance={name: origin for name in entries})
+    path = run_dir / "bounds.json"
+    record = merge(json.loads(path.read_text()) if path.is_file() else None, record)
+    path.write_text(json.dumps(record, indent=2))
+    print(f"wrote {path}", flush=True)
     return record
 
 

@@ -8,7 +8,9 @@ Layouts are told apart by their keys:
 """
 from __future__ import annotations
 
+import pickle
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -25,11 +27,42 @@ class CheckpointLayoutError(CheckpointError):
     """A state dict whose keys match no known layout of the configured model."""
 
 
+ZIP_MAGIC = b"PK\x03\x04"  # torch.save's format since torch 1.6
+PICKLE_MAGIC = b"\x80"      # torch.save's legacy format: a pickle (protocol >= 2)
+
+
+def _first_sentence(err: Exception) -> str:
+    text = str(err).strip().split("\n")[0]
+    return text.split(". ")[0] or type(err).__name__
+
+
 def read_checkpoint(path: str | Path) -> dict:
+    """The checkpoint at `path`, read with torch's safe loader (tensors and plain values only).
+
+    Every way a file can fail to be one is a CheckpointError that says which.
+    """
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"checkpoint {path} is a directory; give the checkpoint file (e.g. {path}/model.ckpt)")
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
-    return torch.load(path, map_location="cpu", weights_only=True)
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if not (head == ZIP_MAGIC or head[:1] == PICKLE_MAGIC):
+        raise CheckpointError(f"checkpoint {path} is not a PyTorch checkpoint "
+                              f"({'empty' if not head else 'neither a torch.save zip archive nor a pickle'})")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        # torch's message advises weights_only=False, which would run the file's code: not ours to suggest
+        raise CheckpointError(f"checkpoint {path} holds objects other than tensors and plain values, which "
+                              f"the safe loader refuses ({_first_sentence(err)})") from None
+    except Exception as err:  # noqa: BLE001 - whatever the reader trips on inside a damaged file
+        raise CheckpointError(f"checkpoint {path} is truncated or damaged ({_first_sentence(err)})") from None
+    if not isinstance(checkpoint, Mapping):
+        raise CheckpointError(f"checkpoint {path} holds a {type(checkpoint).__name__}, not a state dict or a "
+                              f"Lightning checkpoint")
+    return checkpoint
 
 
 def _candidates(raw: Mapping[str, torch.Tensor]) -> dict[str, dict[str, torch.Tensor]]:
@@ -64,20 +97,77 @@ def load_weights(model: nn.Module, checkpoint: Mapping) -> str:
         f"(tried {sorted(candidates)}); missing keys: {missing}; unexpected keys: {unexpected}")
 
 
-def load_model(cfg, run_dir: Path):
-    """The model of `cfg` with the weights of cfg.ckpt (else <run_dir>/model.ckpt), in eval mode, and its path."""
+# A model loaded from a checkpoint that does not record its settings (the original code's layouts)
+# is refused when it misclassifies more than this fraction of the test split: with 10 classes a
+# trained model of the paper's sizes errs on 1-35%, and the typical cause of more is a wrong m
+# (the operator W = (1 - m) I - A^T A + B - B^T is rebuilt from m) or a wrong model size.
+POOR_MODEL_ERROR = 0.5
+
+
+@dataclass(frozen=True)
+class Loaded:
+    model: nn.Module     # in eval mode
+    path: str
+    sha256: str          # the checkpoint file's content
+    recorded: bool       # it records its training settings (ours); False: a foreign layout
+
+
+def check_recorded(path: Path, hparams: Mapping, cfg) -> None:
+    """Refuse a checkpoint whose recorded model, m or dataset differ from the configuration's."""
+    from omegaconf import OmegaConf
+
+    from .provenance import describe, differing, what
+
+    now = {"model": OmegaConf.to_container(cfg.model, resolve=True),
+           "dataset": what("dataset", OmegaConf.to_container(cfg.dataset, resolve=True))}
+    before = {"model": dict(hparams.get("model") or {}), "dataset": what("dataset", dict(hparams.get("dataset") or {}))}
+    if cfg.model.name in MONDEQ_NAMES:
+        now["m"], before["m"] = float(cfg.m), hparams.get("m")
+    keys = [k for k in differing(now, before) if not k.startswith("dataset.") or k.split(".")[1] in RECORDED_DATASET]
+    if keys:
+        raise CheckpointError(f"checkpoint {path} was trained with other settings than given "
+                              f"({describe(keys, now, before)}); give the settings it records, or another ckpt=")
+
+
+MONDEQ_NAMES = ("mon_fc", "mon_conv", "mon_multiconv")
+RECORDED_DATASET = ("name", "in_shape", "num_classes", "mean", "std", "n_train", "seed")
+
+
+def load_model(cfg, run_dir: Path, m_given: bool = True) -> Loaded:
+    """The model of `cfg` with the weights of cfg.ckpt (else <run_dir>/model.ckpt).
+
+    Our checkpoints must match the configured model, m and dataset; a foreign one (no recorded
+    settings) of a monDEQ needs `m_given` (m set on the command line), since a wrong m loads
+    without complaint and scales every bound.
+    """
     from .models import build_model
+    from .provenance import sha256
 
     path = Path(cfg.ckpt) if cfg.ckpt else run_dir / "model.ckpt"
+    if not cfg.ckpt and not path.exists():
+        raise CheckpointError(f"{path} does not exist: train the model first (python -m src.run with the same "
+                              f"overrides), or give ckpt=FILE")
     checkpoint = read_checkpoint(path)
-    hparams = checkpoint.get("hyper_parameters") if isinstance(checkpoint, dict) else None
-    if hparams and "m" in hparams and hparams["m"] is not None and cfg.model.name.startswith("mon"):
-        if float(hparams["m"]) != float(cfg.m):
-            raise ValueError(f"checkpoint {path} was trained with m={hparams['m']}, but m={cfg.m} was given")
+    hparams = checkpoint.get("hyper_parameters")
+    if hparams:
+        check_recorded(path, hparams, cfg)
+    elif cfg.model.name in MONDEQ_NAMES and not m_given:
+        raise CheckpointError(f"checkpoint {path} does not record the m it was trained with; give it on the "
+                              f"command line (m=VALUE): the weights load under any m, and a wrong one changes "
+                              f"every bound")
     model = build_model(cfg.model, cfg.m, cfg.splitting, tuple(cfg.dataset.in_shape), cfg.dataset.num_classes)
     layout = load_weights(model, checkpoint)
     print(f"loaded {path} ({layout} layout)", flush=True)
-    return model.eval(), str(path)
+    return Loaded(model.eval(), str(path), sha256(path), bool(hparams))
+
+
+def check_not_poor(loaded: Loaded, test_error: float | None, accept: bool) -> None:
+    """Refuse a foreign checkpoint that classifies the test split far worse than a trained model does."""
+    if loaded.recorded or test_error is None or test_error <= POOR_MODEL_ERROR or accept:
+        return
+    raise CheckpointError(f"checkpoint {loaded.path} misclassifies {test_error:.1%} of the test split (more than "
+                          f"{POOR_MODEL_ERROR:.0%}): check m (it is not recorded in this layout) and the model "
+                          f"size (model.*); bound.accept_poor_model=true uses it anyway")
 
 
 def model_from_checkpoint(path: str | Path) -> nn.Module:

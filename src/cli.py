@@ -67,26 +67,25 @@ def reorder_argv(argv: Sequence[str]) -> list[str]:
     return flags + overrides
 
 
+def given_keys() -> set[str]:
+    """The keys set on this app's command line (what the user typed, not what a config file holds)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    return {o.split("=", 1)[0].lstrip("+~") for o in HydraConfig.get().overrides.task}
+
+
 def validate(cfg: DictConfig) -> None:
-    """Reject what would fail later, before any data or training: m, and the model fields.
+    """Reject what would fail later, before any data or training: every key (src/schema.py), and the model.
 
-    Casts m to float in place. Wrong group values and unknown keys never get
-    here: Hydra rejects them while composing (the config is in struct mode).
+    Normalises in place (m a float, a bare value of a list key a list of one). Wrong group
+    values never get here: Hydra rejects them while composing.
     """
-    m = cfg.m
-    if isinstance(m, bool) or not isinstance(m, (int, float, str)):
-        raise ConfigError(f"m must be a number > 0, got {m!r}")
-    try:
-        m = float(m)
-    except ValueError:
-        raise ConfigError(f"m must be a number > 0, got {m!r}") from None
-    if not m > 0:  # also rejects nan
-        raise ConfigError(f"m must be > 0 (strong monotonicity), got m={m}")
-    cfg.m = m
-    from .models import build_model  # the one place that knows the model fields
+    from . import schema
+    from .models import build_model  # the one place that knows the fields of each model
 
+    schema.check(cfg)
     try:
-        build_model(cfg.model, m, cfg.splitting, tuple(cfg.dataset.in_shape), cfg.dataset.num_classes)
+        build_model(cfg.model, cfg.m, cfg.splitting, tuple(cfg.dataset.in_shape), cfg.dataset.num_classes)
     except ValueError as err:
         raise ConfigError(str(err)) from None
 

@@ -94,13 +94,20 @@ def load_splits(cfg: Mapping) -> tuple[Split, Split]:
     """(train, test) uint8 images and labels of the dataset config `cfg`, checked against it."""
     name = cfg["name"]
     if name not in _SOURCES:
-        raise ValueError(f"unknown dataset {name!r}; choose one of {sorted(_SOURCES)}")
+        raise ConfigError(f"dataset.name={name!r}: allowed: one of {', '.join(sorted(_SOURCES))}")
     train, test = _SOURCES[name](cfg)
     expected = tuple(int(s) for s in cfg["in_shape"])
-    for split in (train, test):
+    classes = int(cfg["num_classes"])
+    for what, split in (("training", train), ("test", test)):
         if tuple(split.images.shape[1:]) != expected:
-            raise ValueError(f"dataset {name}: images have shape {tuple(split.images.shape[1:])}, "
-                             f"but dataset.in_shape is {list(expected)}")
+            raise DatasetError(f"dataset {name}: images have shape {tuple(split.images.shape[1:])}, "
+                               f"but dataset.in_shape is {list(expected)}")
+        if len(split.images) != len(split.labels):
+            raise DatasetError(f"dataset {name}: the {what} split has {len(split.images)} images but "
+                               f"{len(split.labels)} labels")
+        if len(split.labels) and not (0 <= int(split.labels.min()) and int(split.labels.max()) < classes):
+            raise DatasetError(f"dataset {name}: {what} labels span {int(split.labels.min())}.."
+                               f"{int(split.labels.max())}, outside 0..{classes - 1} (dataset.num_classes={classes})")
     return train, test
 
 
@@ -120,8 +127,14 @@ def _torchvision(cfg: Mapping, cls, folder: Path, files, root: Path, extra: str 
     present = all((folder / f).is_file() for f in files)
     if not present and not cfg.get("download", False):
         raise _missing(name, folder, files, "files not found and dataset.download is false", extra)
+    if present:
+        try:
+            return cls(str(root), train=True, download=False), cls(str(root), train=False, download=False)
+        except Exception as err:  # noqa: BLE001 - whatever the reader trips on inside a damaged file
+            raise DatasetError(f"dataset {name}: the files in {folder.absolute()} are present but unreadable "
+                               f"({type(err).__name__}: {err}): truncated or not this dataset's format") from None
     try:
-        train = cls(str(root), train=True, download=not present)
+        train = cls(str(root), train=True, download=True)
     except (RuntimeError, OSError) as err:  # offline: torchvision's RuntimeError, or URLError
         last = (str(err).strip().splitlines() or [type(err).__name__])[-1]  # the cause, not the mirror list
         raise _missing(name, folder, files, f"files not found and the download failed ({last})",
@@ -129,8 +142,42 @@ def _torchvision(cfg: Mapping, cls, folder: Path, files, root: Path, extra: str 
     return train, cls(str(root), train=False, download=False)
 
 
+IDX_MAGIC = {"images": 0x00000803, "labels": 0x00000801}  # unsigned bytes, 3 or 1 dimensions
+
+
+def check_idx(path: Path, kind: str) -> int:
+    """The item count of the IDX file `path` of `kind` (images or labels); a DatasetError says what is wrong."""
+    size = path.stat().st_size
+    ndim = 3 if kind == "images" else 1
+    header = 4 + 4 * ndim
+    with open(path, "rb") as f:
+        head = f.read(header)
+    if len(head) < header:
+        raise DatasetError(f"{path}: {size} bytes, shorter than an IDX {kind} header ({header} bytes): truncated")
+    magic, *dims = (int.from_bytes(head[i:i + 4], "big") for i in range(0, header, 4))
+    if magic != IDX_MAGIC[kind]:
+        raise DatasetError(f"{path}: magic number 0x{magic:08x}, not that of IDX {kind} (0x{IDX_MAGIC[kind]:08x}): "
+                           f"not an (unpacked) MNIST-format {kind} file")
+    expected = header + int(np.prod(dims))
+    if size != expected:
+        raise DatasetError(f"{path}: {size} bytes, but its header declares {' x '.join(map(str, dims))} items "
+                           f"({expected} bytes): {'truncated' if size < expected else 'trailing data'}")
+    return dims[0]
+
+
+def _check_mnist_files(folder: Path) -> None:
+    for prefix in ("train", "t10k"):
+        n_images = check_idx(folder / f"{prefix}-images-idx3-ubyte", "images")
+        n_labels = check_idx(folder / f"{prefix}-labels-idx1-ubyte", "labels")
+        if n_images != n_labels:
+            raise DatasetError(f"{folder}: {prefix}-images holds {n_images} images but {prefix}-labels "
+                               f"{n_labels} labels")
+
+
 def _mnist_like(cfg: Mapping, cls, root: Path, extra: str = "") -> tuple[Split, Split]:
     folder = root / cls.__name__ / "raw"
+    if all((folder / f).is_file() for f in MNIST_FILES):
+        _check_mnist_files(folder)  # torchvision would read a damaged file as missing, or crash
     splits = _torchvision(cfg, cls, folder, MNIST_FILES, root, extra)
     return tuple(Split(d.data.unsqueeze(1).contiguous(), d.targets.long()) for d in splits)
 
@@ -151,8 +198,14 @@ def _fashion_mnist(cfg: Mapping) -> tuple[Split, Split]:
     for f in MNIST_FILES:  # torchvision reads the IDX files unpacked
         if not (raw / f).is_file() and (system / f"{f}.gz").is_file():
             raw.mkdir(parents=True, exist_ok=True)
-            with gzip.open(system / f"{f}.gz", "rb") as src, open(raw / f, "wb") as dst:
-                shutil.copyfileobj(src, dst)
+            partial = raw / f"{f}.partial"  # renamed when whole: an interrupted unpack leaves no short file
+            try:
+                with gzip.open(system / f"{f}.gz", "rb") as src, open(partial, "wb") as dst:
+                    shutil.copyfileobj(src, dst)
+            except (OSError, EOFError) as err:
+                partial.unlink(missing_ok=True)
+                raise DatasetError(f"{system / f'{f}.gz'}: not a whole gzip file ({err})") from None
+            partial.replace(raw / f)
     extra = (f"dataset.root is null, so they are unpacked from Debian's copy in {system} "
              f"(apt-get install dataset-fashion-mnist), which was not found either.\n")
     return _mnist_like(cfg, FashionMNIST, FASHION_CACHE, extra)
@@ -189,7 +242,7 @@ def _mnist5k(cfg: Mapping) -> tuple[Split, Split]:
     order = torch.from_numpy(np.random.default_rng(int(cfg["seed"])).permutation(len(labels)))
     n = int(cfg["n_train"])
     if not 0 < n < len(labels):
-        raise ValueError(f"dataset mnist5k: n_train must be in 1..{len(labels) - 1}, got {n}")
+        raise ConfigError(f"dataset.n_train={n}: allowed: 1..{len(labels) - 1} (mnist5k has {len(labels)} digits)")
     train, test = order[:n], order[n:]
     return Split(images[train], labels[train]), Split(images[test], labels[test])
 

@@ -19,3 +19,11 @@ class CheckpointError(ProjectError, ValueError):
 
 class DatasetError(ProjectError, ValueError):
     """Dataset files that are absent, unreadable or inconsistent."""
+
+
+class SolverError(ProjectError, ArithmeticError):
+    """An equilibrium solve that failed: a non-finite state, or no convergence where that is an error."""
+
+
+class DivergedError(SolverError, FloatingPointError):
+    """NaN or Inf in the equilibrium state."""

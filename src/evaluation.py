@@ -1,5 +1,8 @@
-"""Evaluating a classifier on tensors in memory: the device, logits in batches, test error."""
+"""Evaluating a classifier on tensors in memory: the device, logits in batches, test error, and
+the convergence record of the equilibrium solves behind them (monDEQs)."""
 from __future__ import annotations
+
+import sys
 
 import torch
 
@@ -24,3 +27,24 @@ def test_error(model, x: torch.Tensor, y: torch.Tensor, batch: int = 400) -> flo
 @torch.no_grad()
 def logits_of(model, x: torch.Tensor, batch_size: int, device) -> torch.Tensor:
     return torch.cat([model(x[i:i + batch_size].to(device)).cpu() for i in range(0, len(x), batch_size)])
+
+
+def reset_convergence(model) -> None:
+    if hasattr(model, "reset_convergence"):
+        model.reset_convergence()
+
+
+def convergence(model) -> dict | None:
+    """{forward, backward}: solves since the last reset, the fraction that reached the tolerance and the
+    worst final residual; None for a network without equilibrium solves."""
+    return model.convergence() if hasattr(model, "convergence") else None
+
+
+def warn_unconverged(record: dict | None, where: str) -> None:
+    """One console line per direction in which some solve ended above its tolerance."""
+    for what, r in (record or {}).items():
+        if r["solves"] and r["converged_fraction"] < 1:
+            failed = r["solves"] - round(r["converged_fraction"] * r["solves"])
+            print(f"warning: {where}: {failed} of {r['solves']} {what} solves ended above the tolerance "
+                  f"(worst relative residual {r['worst_residual']:.3g}); the numbers rest on unconverged "
+                  f"equilibria (splitting.on_nonconvergence=error refuses them)", file=sys.stderr, flush=True)

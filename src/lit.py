@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
+from dataclasses import asdict
 
 import lightning as L
 import torch
@@ -16,6 +17,7 @@ from lightning.pytorch.callbacks import Callback, EarlyStopping
 from lightning.pytorch.callbacks.early_stopping import EarlyStoppingReason
 
 from .models import build_model
+from .mondeq.splitting import ConvergenceTally
 
 SOLVER_KEYS = ("fwd_iters", "fwd_residual", "fwd_seconds", "bwd_iters", "bwd_residual", "bwd_seconds")
 EVAL_SETS = ("test", "train")  # the order of the dataloaders given to trainer.test
@@ -30,7 +32,10 @@ def margins(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 class LitClassifier(L.LightningModule):
     def __init__(self, model: Mapping, m: float, splitting: Mapping, dataset: Mapping,
-                 optim: Mapping, margin_gamma: float = 10.0):
+                 optim: Mapping, margin_gamma: float = 10.0, seed: int | None = None,
+                 protocol: Mapping | None = None, trainer: Mapping | None = None):
+        # seed, protocol and trainer (the training length) are recorded, so that a checkpoint
+        # names every setting its weights came from (src.run refuses to resume under others)
         super().__init__()
         self.save_hyperparameters()
         self.model = build_model(model, float(m), splitting, tuple(dataset["in_shape"]),
@@ -41,6 +46,8 @@ class LitClassifier(L.LightningModule):
         self.initial_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
         # Training totals behind metrics.json; kept in checkpoints so a resumed run counts all epochs.
         self.totals = {"seconds": 0.0, "steps": 0, "fwd_iters": 0.0, "bwd_iters": 0.0}
+        # every counted solve of the training steps (not alpha tuning, not evaluation), also checkpointed
+        self.train_tallies = {"forward": ConvergenceTally(), "backward": ConvergenceTally()}
         self._epoch_start = 0.0
         self._eval: dict[str, torch.Tensor] = {}
 
@@ -55,6 +62,8 @@ class LitClassifier(L.LightningModule):
         if batch_idx == 0 and self.hparams.splitting.get("tune_alpha") and hasattr(self.model, "tune_alpha"):
             alpha = self.model.tune_alpha(batch[0])
             self.log("train/alpha", float(alpha))
+        if self.is_mondeq:
+            self.model.reset_convergence()  # from here on, this step's solves only
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         x, y = batch
@@ -73,6 +82,8 @@ class LitClassifier(L.LightningModule):
         self.totals["steps"] += 1
         self.totals["fwd_iters"] += float(stats["fwd_iters"])
         self.totals["bwd_iters"] += float(stats["bwd_iters"])
+        for what, tally in self.model.mon.tallies.items():
+            self.train_tallies[what].merge(tally)
 
     def on_train_epoch_end(self) -> None:
         self.totals["seconds"] += time.perf_counter() - self._epoch_start
@@ -96,6 +107,8 @@ class LitClassifier(L.LightningModule):
 
     # --- evaluation (trainer.test with the test set, then the training set) --
     def on_test_epoch_start(self) -> None:
+        if self.is_mondeq:
+            self.model.reset_convergence()
         self._eval = {s: torch.zeros(3, dtype=torch.float64) for s in EVAL_SETS}  # n, errors, margin errors
 
     def test_step(self, batch, batch_idx: int, dataloader_idx: int = 0) -> None:
@@ -116,9 +129,17 @@ class LitClassifier(L.LightningModule):
                 "fwd_iters": self.totals["fwd_iters"] / steps if steps else None,
                 "bwd_iters": self.totals["bwd_iters"] / steps if steps else None}
 
+    def convergence(self) -> dict | None:
+        """The training steps' solves, and those of the last trainer.test (monDEQs; None otherwise)."""
+        if not self.is_mondeq:
+            return None
+        return {"training": {what: t.record() for what, t in self.train_tallies.items()},
+                "evaluation": self.model.convergence()}
+
     # --- checkpoints -------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["totals"] = dict(self.totals)
+        checkpoint["train_tallies"] = {what: asdict(t) for what, t in self.train_tallies.items()}
         checkpoint["initial_state_dict"] = self.initial_state
         # The RNG state, so that a resumed run draws the same batches as an uninterrupted one
         # (shuffling and augmentation draw from torch's CPU generator only).
@@ -126,6 +147,8 @@ class LitClassifier(L.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.totals.update(checkpoint.get("totals", {}))
+        for what, fields in checkpoint.get("train_tallies", {}).items():
+            self.train_tallies[what] = ConvergenceTally(**fields)
         if "initial_state_dict" in checkpoint:
             self.initial_state = checkpoint["initial_state_dict"]
         # Only when a fit resumes (not in load_from_checkpoint): Lightning restores the checkpoint

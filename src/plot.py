@@ -60,6 +60,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.assemble:
         print(f"wrote {assemble(args.out)}")
         return 0
+    missing = [str(p) for p in args.runs if not p.is_dir()]
+    if missing:
+        sys.exit(f"error: --runs: no such directory: {', '.join(missing)} (run dirs are written by src.run)")
+    if args.params is not None and not args.params.is_file():
+        sys.exit(f"error: --params: no such file: {args.params}")
     runs = load_runs(args.runs)
     if args.params is not None:
         import yaml

@@ -25,7 +25,6 @@ certify.bound, or `pgd` under robustness.methods=[certified]) are kept.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from pathlib import Path
@@ -34,45 +33,19 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from . import attack, certify
-from .errors import ConfigError
-from .evaluation import logits_of, pick_device
+from . import provenance
+from .errors import SolverError
+from .evaluation import convergence, logits_of, pick_device, reset_convergence, warn_unconverged
 
-METHODS = ("certified", "pgd")
 AUTO_BOUND = {"mon_fc": "theorem1", "mon_conv": "theorem1", "mon_multiconv": "theorem1",
               "dnn": "lipsdp_neuron", "cnn": "seqlip_greedy"}  # the paper's choice per family
-
-
-def _as_list(value) -> list:
-    if value is None:
-        return []
-    if isinstance(value, (str, int, float)):
-        return [value]
-    return list(value)
-
-
-def check_config(cfg: DictConfig) -> None:
-    """Reject wrong robustness/certify values before loading anything."""
-    r = cfg.robustness
-    methods = _as_list(r.methods)
-    unknown = [m for m in methods if m not in METHODS]
-    if not methods or unknown:
-        raise ConfigError(f"robustness.methods must be a non-empty subset of {list(METHODS)}, got {methods}")
-    for rule in _as_list(cfg.certify.rule):
-        try:
-            certify.rule_factor(rule)
-        except ValueError as err:
-            raise ConfigError(str(err)) from None
-    if r.n_test is not None and (isinstance(r.n_test, bool) or int(r.n_test) < 1):
-        raise ConfigError(f"robustness.n_test must be a positive integer or null, got {r.n_test!r}")
-    if int(r.batch_size) < 1:
-        raise ConfigError(f"robustness.batch_size must be >= 1, got {r.batch_size}")
 
 
 def default_grid(cfg: DictConfig, which: str) -> list[float]:
     """The radii of `which` (certified or pgd): the explicit override, else the dataset's grid."""
     given = cfg.certify.eps if which == "certified" else cfg.robustness.pgd.eps
     if given is not None:
-        return [float(e) for e in _as_list(given)]
+        return [float(e) for e in given]
     grids = cfg.robustness.grids
     name = cfg.dataset.name
     family = name if name in grids else ("cifar10" if int(cfg.dataset.in_shape[0]) == 3 else "mnist")
@@ -80,36 +53,18 @@ def default_grid(cfg: DictConfig, which: str) -> list[float]:
 
 
 def bounds_to_use(cfg: DictConfig) -> list[str]:
-    names = [str(b) for b in _as_list(cfg.certify.bound)]
-    return [AUTO_BOUND[cfg.model.name] if b == "auto" else b for b in names] or [AUTO_BOUND[cfg.model.name]]
+    return [AUTO_BOUND[cfg.model.name] if b == "auto" else str(b) for b in cfg.certify.bound]
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _same_file(a, b) -> bool:
-    try:
-        return Path(a).resolve() == Path(b).resolve()
-    except (TypeError, OSError):
-        return False
-
-
-def bounds_record(run_dir: Path, ckpt: str) -> dict | None:
-    """The run dir's bounds.json, when it was computed from this checkpoint (and after it was written)."""
+def bounds_record(run_dir: Path, sha256: str, bound: str) -> dict | None:
+    """The run dir's bounds.json, when its entry `bound` was computed from this checkpoint (content hash)."""
     path = run_dir / "bounds.json"
     if not path.is_file():
         return None
     record = json.loads(path.read_text())
-    if not _same_file(record.get("ckpt"), ckpt):
-        print(f"ignoring {path}: it is of checkpoint {record.get('ckpt')}, not {ckpt}", flush=True)
-        return None
-    if Path(ckpt).stat().st_mtime > path.stat().st_mtime:
-        print(f"ignoring {path}: older than {ckpt}", flush=True)
+    origin = record.get("provenance", {}).get(bound, {})
+    if origin.get("ckpt_sha256") != sha256:
+        print(f"{path} holds no {bound} of this checkpoint", flush=True)
         return None
     return record
 
@@ -119,9 +74,9 @@ def _bound_cfg(cfg: DictConfig, method: str) -> DictConfig:
     return OmegaConf.merge(cfg, {"bound": {"methods": [method], "test_error": False}})
 
 
-def lipschitz_constant(cfg: DictConfig, model, bound: str, ckpt: str, run_dir: Path, test_x: torch.Tensor):
+def lipschitz_constant(cfg: DictConfig, model, bound: str, sha256: str, run_dir: Path, test_x: torch.Tensor):
     """(L, source): a float, or the class-pair matrix for sdp_pairwise."""
-    record = bounds_record(run_dir, ckpt)
+    record = bounds_record(run_dir, sha256, bound)
     if record is not None and record.get("upper", {}).get(bound) is not None:
         return record["upper"][bound], "bounds.json"
     from .bounds.registry import compute_bounds
@@ -130,7 +85,8 @@ def lipschitz_constant(cfg: DictConfig, model, bound: str, ckpt: str, run_dir: P
     record = compute_bounds(model, _bound_cfg(cfg, bound), test_x, None)
     value = record["upper"].get(bound)
     if value is None:
-        raise RuntimeError(f"bound {bound} failed: {record.get('failed', {}).get(bound)}")
+        raise SolverError(f"certify.bound={bound}: the bound failed ({record.get('failed', {}).get(bound)}); "
+                          f"choose another certify.bound or give certify.lipschitz")
     return value, "computed"
 
 
@@ -157,11 +113,11 @@ def _merge(previous: dict | None, record: dict) -> dict:
     return merged
 
 
-def evaluate(cfg: DictConfig, model, ckpt: str, run_dir: Path, images: torch.Tensor, labels: torch.Tensor) -> dict:
+def evaluate(cfg: DictConfig, model, sha256: str, run_dir: Path, images: torch.Tensor, labels: torch.Tensor,
+             check_model=None) -> dict:
     """The robustness.json record of `model` on pixel images (N, C, H, W) in [0, 1]."""
-    check_config(cfg)
     r = cfg.robustness
-    methods = _as_list(r.methods)
+    methods = list(r.methods)
     mean, std = [float(v) for v in cfg.dataset.mean], [float(v) for v in cfg.dataset.std]
     shape = (1, -1, 1, 1)
     x = (images - torch.tensor(mean).view(shape)) / torch.tensor(std).view(shape)
@@ -173,14 +129,18 @@ def evaluate(cfg: DictConfig, model, ckpt: str, run_dir: Path, images: torch.Ten
             sources.append(("given", OmegaConf.to_container(given) if OmegaConf.is_config(given) else given,
                             "given"))
         for bound in ([] if given is not None else bounds_to_use(cfg)):
-            value, source = lipschitz_constant(cfg, model.cpu(), bound, ckpt, run_dir, x)
+            value, source = lipschitz_constant(cfg, model.cpu(), bound, sha256, run_dir, x)
             sources.append((bound, value, source))
         bound_seconds = time.perf_counter() - start
     device = pick_device(str(r.device))
     model = model.to(device).eval()
     batch = int(r.batch_size)
+    reset_convergence(model)
     logits = logits_of(model, x, batch, device)
-    record: dict = {"clean_accuracy": float((logits.argmax(1) == labels).double().mean()),
+    clean = float((logits.argmax(1) == labels).double().mean())
+    if check_model is not None:
+        check_model(1 - clean)
+    record: dict = {"clean_accuracy": clean,
                     "n_test": len(labels), "seconds": {},
                     "eps_units": "l2 norm in [0, 1] pixel units; certificates use eps / min(std) "
                                  "in normalised units (src/certify.py)"}
@@ -188,7 +148,7 @@ def evaluate(cfg: DictConfig, model, ckpt: str, run_dir: Path, images: torch.Ten
     if "certified" in methods:
         start = time.perf_counter()
         eps = default_grid(cfg, "certified")
-        rules = [str(v) for v in _as_list(cfg.certify.rule)] or ["paper"]
+        rules = [str(v) for v in cfg.certify.rule]
         for bound, value, source in sources:
             for rule in ([None] if isinstance(value, (list, tuple)) else rules):
                 curve = certify.certified_curve(logits, labels, value, eps, std, rule or "paper")
@@ -232,23 +192,45 @@ def evaluate(cfg: DictConfig, model, ckpt: str, run_dir: Path, images: torch.Ten
     return record
 
 
+def settings(cfg: DictConfig, n_test: int) -> dict:
+    """The settings besides the checkpoint that change a curve (recorded with every entry)."""
+    plain = OmegaConf.to_container(cfg, resolve=True)
+    return {"seed": plain["seed"], "n_test": n_test, "certify": plain["certify"],
+            "pgd": plain["robustness"]["pgd"], "splitting": plain["splitting"],
+            "dataset": provenance.what("dataset", plain["dataset"])}
+
+
 def run(cfg: DictConfig) -> dict:
     from hydra.core.hydra_config import HydraConfig
 
-    from .checkpoints import load_model
+    from .cli import given_keys
+
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    with provenance.locked(run_dir):
+        return robustness(cfg, run_dir, m_given="m" in given_keys())
+
+
+def robustness(cfg: DictConfig, run_dir: Path, m_given: bool = True) -> dict:
+    """Certified and PGD curves of cfg's checkpoint, written to <run_dir>/robustness.json."""
+    from .checkpoints import check_not_poor, load_model
     from .data import load_splits
 
-    check_config(cfg)
     torch.manual_seed(cfg.seed)
-    run_dir = Path(HydraConfig.get().runtime.output_dir)
-    model, ckpt = load_model(cfg, run_dir)
+    loaded = load_model(cfg, run_dir, m_given)
     _, test = load_splits(cfg.dataset)
     n = len(test.labels) if cfg.robustness.n_test is None else min(int(cfg.robustness.n_test), len(test.labels))
     images = test.images[:n].to(torch.float32) / 255
     labels = test.labels[:n]
-    record = evaluate(cfg, model, ckpt, run_dir, images, labels)
+    record = evaluate(cfg, loaded.model, loaded.sha256, run_dir, images, labels,
+                      check_model=lambda error: check_not_poor(loaded, error, bool(cfg.bound.accept_poor_model)))
+    solves = convergence(loaded.model)
+    warn_unconverged(solves, "src.robustness")
+    origin = {"ckpt_sha256": loaded.sha256, "settings": settings(cfg, n), "convergence": solves}
+    for entry in [*record.get("certified_curves", {}).values(), record.get("pgd")]:
+        if entry is not None:
+            entry["provenance"] = origin
     record.update(dataset=cfg.dataset.name, profile=cfg.get("profile"), model=OmegaConf.to_container(cfg.model),
-                  m=cfg.m, ckpt=ckpt, ckpt_sha256=_sha256(Path(ckpt)))
+                  m=cfg.m, ckpt=loaded.path, ckpt_sha256=loaded.sha256, convergence=solves)
     path = run_dir / "robustness.json"
     previous = json.loads(path.read_text()) if path.is_file() else None
     record = _merge(previous, record)

@@ -17,39 +17,36 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from . import loggers
+from . import loggers, provenance
 from .cli import hydra_app
-from .errors import ConfigError
+from .evaluation import warn_unconverged
+from .errors import CheckpointError, ConfigError
 
 
-# Dataset fields that do not change a run (as hydra.job.config.override_dirname.exclude_keys).
-WHERE_NOT_WHAT = ("root", "download", "num_workers", "system_dir")
+def resumable(path: Path, hparams: Mapping, explicit: bool = False) -> str | None:
+    """`path` if it holds a checkpoint of the same settings; None if a run dir's last.ckpt does not exist.
 
-
-def resumable(last: Path, hparams: Mapping) -> str | None:
-    """`last` if it exists and was trained with the same settings; None if it does not exist.
-
-    A run dir is named by the command-line overrides only, so after an edit of a config
-    file the same command finds a checkpoint of other settings: refuse it rather than mix.
+    The settings are the checkpoint's hyperparameters (model, m, splitting, dataset, optim,
+    margin, seed, protocol, training length); any difference is refused, naming the keys.
     """
-    if not last.is_file():
+    if not path.is_file() and not explicit:
         return None
-    import torch
+    from .checkpoints import read_checkpoint
 
-    saved = torch.load(last, map_location="cpu", weights_only=True)["hyper_parameters"]
-
-    def what(h: Mapping) -> dict:
-        return {**h, "dataset": {k: v for k, v in h["dataset"].items() if k not in WHERE_NOT_WHAT}}
-
-    now, before = what(hparams), what(saved)
-    changed = sorted(k for k in now.keys() | before.keys() if now.get(k) != before.get(k))
+    saved = read_checkpoint(path).get("hyper_parameters")
+    if not saved:
+        raise CheckpointError(f"{path} holds no hyperparameters (not written by src.run); "
+                              f"delete it to train anew, or give ckpt= a checkpoint of src.run")
+    now, before = _settings(hparams), _settings(saved)
+    changed = provenance.differing(now, before)
     if changed:
-        raise ConfigError(f"{last} was trained with other settings of {', '.join(changed)}; "
-                          f"delete its run dir or choose another with hydra.run.dir=DIR")
-    return str(last)
+        raise ConfigError(f"{path} was trained with other settings ({provenance.describe(changed, now, before)}); "
+                          f"delete its run dir, or choose another with hydra.run.dir=DIR")
+    return str(path)
 
 
-PROTOCOLS = ("standard", "margin")
+def _settings(hparams: Mapping) -> dict:
+    return {k: (provenance.what(k, v) if isinstance(v, Mapping) else v) for k, v in hparams.items()}
 
 
 def _restrict(loaders, indices):
@@ -63,32 +60,28 @@ def _restrict(loaders, indices):
     return loaders._replace(train=subset(loaders.train, True), train_eval=subset(loaders.train_eval, False))
 
 
-def _protocol(cfg: DictConfig) -> dict:
-    protocol = dict(cfg.get("protocol") or {"name": "standard"})
-    if protocol.get("name") not in PROTOCOLS:
-        raise ConfigError(f"protocol.name must be one of {list(PROTOCOLS)}, got {protocol.get('name')!r}")
-    if protocol["name"] == "margin" and protocol.get("threshold") is None:
-        raise ConfigError("protocol=margin needs protocol.threshold (the margin error to reach)")
-    return protocol
-
-
 def train(cfg: DictConfig, run_dir: Path, group: str = "default") -> dict:
     """Train `cfg` in `run_dir` (resuming from its last.ckpt) and return what metrics.json holds."""
+    with provenance.locked(run_dir):
+        return _train(cfg, run_dir, group)
+
+
+def _train(cfg: DictConfig, run_dir: Path, group: str) -> dict:
     import lightning as L
     from hydra.utils import instantiate
 
     from .data import make_loaders, training_subset
     from .lit import LitClassifier, MarginStop, TrainMarginError
 
-    protocol = _protocol(cfg)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    protocol = dict(cfg.protocol)
     # The run dir also holds Hydra's and the loggers' files; Lightning warns about any such dir.
     warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     plain = OmegaConf.to_container(cfg, resolve=True)
     lit = LitClassifier(model=plain["model"], m=float(cfg.m), splitting=plain["splitting"],
-                        dataset=plain["dataset"], optim=plain["optim"], margin_gamma=cfg.margin_gamma)
-    resume = cfg.ckpt or resumable(run_dir / "last.ckpt", lit.hparams)
+                        dataset=plain["dataset"], optim=plain["optim"], margin_gamma=cfg.margin_gamma,
+                        seed=cfg.seed, protocol=plain["protocol"], trainer=provenance.what("trainer", plain["trainer"]))
+    resume = resumable(Path(cfg.ckpt) if cfg.ckpt else run_dir / "last.ckpt", lit.hparams, explicit=bool(cfg.ckpt))
     loaders = make_loaders(plain["dataset"])
     subset = training_subset(len(loaders.train.dataset), protocol.get("n_train"), cfg.seed)
     if subset is not None:
@@ -111,7 +104,10 @@ def train(cfg: DictConfig, run_dir: Path, group: str = "default") -> dict:
         metrics = {**lit.evaluation(), "epochs": trainer.current_epoch, **lit.training_summary(),
                    "m": float(cfg.m), "model": plain["model"], "dataset": cfg.dataset.name,
                    "profile": cfg.profile, "experiment": group, "seed": cfg.seed,
-                   "protocol": protocol["name"], "n_train": len(loaders.train.dataset)}
+                   "protocol": protocol["name"], "n_train": len(loaders.train.dataset),
+                   "convergence": lit.convergence()}
+        for stage, record in (metrics["convergence"] or {}).items():
+            warn_unconverged(record, f"src.run {stage}")
         if protocol["name"] == "margin":
             # on the whole training set (margin_error follows trainer.limit_test_batches), as the stop rule saw it
             reached = margin_check.margin_error(lit)

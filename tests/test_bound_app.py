@@ -41,7 +41,6 @@ def test_every_upper_bound_is_above_the_lower_bound(family, compose):
         if name.startswith("unrolled"):  # bounds the k-th iterate, equal to the equilibrium only up to tol
             continue
         assert value >= low * (1 - 1e-6), (name, value, low)
-    assert 0 <= record["test_error"] <= 1
     json.dumps(record)  # everything recorded is JSON
 
 

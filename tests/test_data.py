@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import gzip
 import pickle
+import re
 import struct
 from pathlib import Path
 from urllib.error import URLError
@@ -16,6 +17,7 @@ import torch
 from omegaconf import OmegaConf
 
 from src.data import CIFAR10_FILES, MNIST_FILES, DatasetMissingError, load_splits, make_loaders
+from src.errors import ConfigError, DatasetError
 
 N_TRAIN, N_TEST = 6, 4
 
@@ -178,5 +180,51 @@ def test_shape_mismatch_with_the_config_is_an_error(compose):
 
 
 def test_unknown_dataset_name_is_an_error():
-    with pytest.raises(ValueError, match="unknown dataset 'imagenet'"):
+    with pytest.raises(ConfigError, match="dataset.name='imagenet': allowed: one of cifar10"):
         load_splits({"name": "imagenet"})
+
+
+def _damage(path: Path, how: str) -> None:
+    blob = path.read_bytes()
+    if how == "truncated":
+        path.write_bytes(blob[:-1])
+    elif how == "magic":
+        path.write_bytes(struct.pack(">I", 2049 if "images" in path.name else 2051) + blob[4:])
+    elif how == "header":
+        path.write_bytes(blob[:6])
+
+
+@pytest.mark.parametrize("file,how,needle", [
+    ("train-images-idx3-ubyte", "truncated", "train-images-idx3-ubyte: 4719 bytes, but its header declares "
+                                             "6 x 28 x 28 items (4720 bytes): truncated"),
+    ("t10k-labels-idx1-ubyte", "truncated", "t10k-labels-idx1-ubyte: 11 bytes, but its header declares 4 items (12 bytes): truncated"),
+    ("train-images-idx3-ubyte", "magic", "magic number 0x00000801, not that of IDX images (0x00000803)"),
+    ("t10k-labels-idx1-ubyte", "header", "shorter than an IDX labels header (8 bytes): truncated"),
+])
+def test_a_damaged_idx_file_is_named_with_what_is_wrong(compose, tmp_path, file, how, needle):
+    write_idx(tmp_path / "MNIST" / "raw", images(N_TRAIN, (28, 28), 0), images(N_TEST, (28, 28), 1))
+    _damage(tmp_path / "MNIST" / "raw" / file, how)
+    with pytest.raises(DatasetError, match=re.escape(needle)):
+        load_splits(dataset_cfg(compose, "mnist", f"dataset.root={tmp_path}", "dataset.download=false"))
+
+
+def test_idx_image_and_label_counts_must_agree(compose, tmp_path):
+    raw = tmp_path / "MNIST" / "raw"
+    write_idx(raw, images(N_TRAIN, (28, 28), 0), images(N_TEST, (28, 28), 1))
+    (raw / "t10k-labels-idx1-ubyte").write_bytes(struct.pack(">II", 2049, 3) + bytes(3))
+    with pytest.raises(DatasetError, match="t10k-images holds 4 images but t10k-labels 3 labels"):
+        load_splits(dataset_cfg(compose, "mnist", f"dataset.root={tmp_path}"))
+
+
+def test_labels_outside_the_classes_are_refused(compose, tmp_path):
+    write_idx(tmp_path / "MNIST" / "raw", images(N_TRAIN, (28, 28), 0), images(N_TEST, (28, 28), 1))
+    with pytest.raises(DatasetError, match=r"training labels span 0\.\.5, outside 0\.\.4 \(dataset.num_classes=5\)"):
+        load_splits(dataset_cfg(compose, "mnist", f"dataset.root={tmp_path}", "dataset.num_classes=5"))
+
+
+def test_a_damaged_cifar_batch_is_named_not_reported_missing(compose, tmp_path):
+    folder = tmp_path / "cifar-10-batches-py"
+    write_cifar(folder, images(N_TRAIN, (32, 32, 3), 0), images(N_TEST, (32, 32, 3), 1))
+    (folder / "data_batch_3").write_bytes((folder / "data_batch_3").read_bytes()[:40])
+    with pytest.raises(DatasetError, match="present but unreadable"):
+        load_splits(dataset_cfg(compose, "cifar10", f"dataset.root={tmp_path}", "dataset.download=false"))

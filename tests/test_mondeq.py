@@ -4,6 +4,7 @@ import warnings
 import pytest
 import torch
 
+from src.errors import SolverError
 from src.mondeq.conv import SingleConvOperator
 from src.mondeq.fc import FullyConnectedOperator
 from src.mondeq.layer import MonDEQLayer
@@ -169,6 +170,28 @@ def test_non_convergence_warns_once():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         layer(x)
+
+
+def test_solves_are_counted_and_nonconvergence_can_be_an_error():
+    torch.manual_seed(0)
+    net = MonFCNet((1, 4, 4), 10, 8, 2.0, SolverConfig(fwd_tol=1e-3))
+    x = torch.randn(3, 1, 4, 4, requires_grad=True)
+    net(x).sum().backward()
+    net(x.detach())
+    record = net.convergence()
+    assert record["forward"]["solves"] == 2 and record["backward"]["solves"] == 1
+    assert record["forward"]["converged_fraction"] == 1.0 and 0 < record["forward"]["worst_residual"] <= 1e-3
+    net.reset_convergence()
+    assert net.convergence()["forward"] == {"solves": 0, "converged_fraction": None, "worst_residual": None}
+
+    strict = MonFCNet((1, 4, 4), 10, 8, 2.0, SolverConfig(fwd_tol=1e-14, fwd_max_iter=2, check_every=1,
+                                                         on_nonconvergence="error"))
+    with pytest.raises(SolverError, match="forward solve did not converge.*on_nonconvergence=error"):
+        strict(x.detach())
+    lax = MonFCNet((1, 4, 4), 10, 8, 2.0, SolverConfig(fwd_tol=1e-14, fwd_max_iter=2, check_every=1))
+    with pytest.warns(RuntimeWarning, match="counted in the output files"):
+        lax(x.detach())
+    assert lax.convergence()["forward"]["converged_fraction"] == 0.0
 
 
 def test_nan_input_raises_naming_model_and_m():

@@ -8,6 +8,7 @@ error cannot move a logit across a certificate's threshold).
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 
@@ -291,13 +292,23 @@ def test_app_end_to_end_on_a_trained_checkpoint(run_app, tmp_path, tiny):
     assert all(sum(c["certified_but_attacked"]) == 0 for c in record["checks"].values())
 
     # L from the run dir's bounds.json when it is of this checkpoint; PGD kept from the first run
-    (run_dir / "bounds.json").write_text(json.dumps({"upper": {"theorem1": 1e-3}, "ckpt": str(run_dir / "model.ckpt")}))
+    sha = hashlib.sha256((run_dir / "model.ckpt").read_bytes()).hexdigest()
+    (run_dir / "bounds.json").write_text(json.dumps({"upper": {"theorem1": 1e-3, "sdp_diag": 1e-4},
+                                                     "provenance": {"theorem1": {"ckpt_sha256": sha},
+                                                                    "sdp_diag": {"ckpt_sha256": "another"}}}))
     proc = run_app("robustness", *fast, "robustness.methods=[certified]", "certify.bound=theorem1")
     assert proc.returncode == 0, proc.stderr[-3000:]
     again = json.loads((run_dir / "robustness.json").read_text())
     assert again["certified"]["lipschitz"] == 1e-3 and again["certified"]["source"] == "bounds.json"
     assert again["certified"]["accuracy"][0] == pytest.approx(again["clean_accuracy"], abs=1 / 32)
     assert again["pgd"] == pgd and "sdp_diag/tight" in again["certified_curves"]
+    assert again["pgd"]["provenance"]["ckpt_sha256"] == sha == again["certified"]["provenance"]["ckpt_sha256"]
+    assert again["certified"]["provenance"]["settings"]["n_test"] == 32
+    # an entry of another checkpoint's bounds is not used: sdp_diag is computed again
+    proc = run_app("robustness", *fast, "robustness.methods=[certified]", "certify.bound=sdp_diag")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    third = json.loads((run_dir / "robustness.json").read_text())
+    assert third["certified"]["source"] == "computed" and third["certified"]["lipschitz"] > 1e-3
 
 
 def test_app_rejects_bad_values_naming_them(run_app, tmp_path, tiny):

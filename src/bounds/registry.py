@@ -16,7 +16,6 @@ import torch
 from omegaconf import DictConfig
 
 from ..baselines import CNN, DNN
-from ..evaluation import test_error
 from ..mondeq.fc import FullyConnectedOperator
 from ..mondeq.networks import MonDEQNet
 from . import feedforward, lower, mondeq as mondeq_bounds
@@ -116,7 +115,7 @@ def jsonable(value):
 
 
 def compute_bounds(model, cfg: DictConfig, test_x=None, test_y=None) -> dict:
-    """Run the selected methods on `model`; returns the bounds.json record."""
+    """Run the selected methods on `model`; returns their part of the bounds.json record."""
     names = select_methods(model, cfg.bound.methods)
     if any(METHODS[n].needs_data for n in names) and test_x is None:
         raise ValueError(f"bound methods {[n for n in names if METHODS[n].needs_data]} need test data")
@@ -139,6 +138,4 @@ def compute_bounds(model, cfg: DictConfig, test_x=None, test_y=None) -> dict:
             record[method.kind][name] = value
         print(f"{name:>16}: {value if not isinstance(value, list) else result.get('value')}"
               f"  ({record['seconds'][name]:.1f} s)", flush=True)
-    if test_x is not None and cfg.bound.test_error:
-        record["test_error"] = test_error(model, test_x, test_y)
     return record

@@ -150,8 +150,6 @@ def load_runs(roots: Iterable[Path]) -> list[Run]:
     found: dict[Path, Run] = {}
     for root in roots:
         root = Path(root)
-        if not root.exists():
-            continue
         for name in RUN_FILES:
             for path in root.rglob(name):
                 run = found.setdefault(path.parent, Run(path.parent))

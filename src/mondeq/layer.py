@@ -6,8 +6,9 @@ import warnings
 import torch
 from torch import nn
 
+from ..errors import DivergedError, SolverError
 from .operator import MonotoneOperator
-from .splitting import SPLITTING_METHODS, SolverConfig, SolveStats, solve
+from .splitting import SPLITTING_METHODS, ConvergenceTally, SolverConfig, SolveStats, solve
 
 
 class MonDEQLayer(nn.Module):
@@ -27,6 +28,8 @@ class MonDEQLayer(nn.Module):
         self.alpha = float(solver.alpha)
         self.fwd_stats = SolveStats()
         self.bwd_stats = SolveStats()
+        self.tallies = {"forward": ConvergenceTally(), "backward": ConvergenceTally()}
+        self._counting = True  # off while alpha is tuned: those trial solves are not results
         self._warned = False
 
     @property
@@ -34,18 +37,29 @@ class MonDEQLayer(nn.Module):
         return SPLITTING_METHODS[self.solver.name]
 
     def _nonfinite(self, iters: int) -> None:
-        raise FloatingPointError(
+        raise DivergedError(
             f"{self.name} (m={self.operator.m}): NaN or Inf in the equilibrium state after "
             f"{iters} iterations of {self.solver.name} (alpha={self.alpha}); check the input and weights")
 
+    def reset_tallies(self) -> None:
+        self.tallies = {"forward": ConvergenceTally(), "backward": ConvergenceTally()}
+
     def _check_converged(self, stats: SolveStats, what: str, tol: float) -> None:
-        if not stats.converged and not self._warned:
+        if not self._counting:
+            return
+        self.tallies[what].add(stats)
+        if stats.converged:
+            return
+        message = (f"{self.name} (m={self.operator.m}): {what} solve did not converge in {stats.iters} "
+                   f"iterations: relative residual {stats.residual:.3g} > tol {tol:g} "
+                   f"(splitting={self.solver.name}, alpha={self.alpha})")
+        if self.solver.on_nonconvergence == "error":
+            raise SolverError(f"{message}; splitting.on_nonconvergence=error (raise splitting.{what[:3]}_max_iter, "
+                              f"or use splitting.anderson or another splitting.alpha)")
+        if not self._warned:
             self._warned = True
-            warnings.warn(
-                f"{self.name} (m={self.operator.m}): {what} solve did not converge in {stats.iters} "
-                f"iterations: relative residual {stats.residual:.3g} > tol {tol:g} "
-                f"(splitting={self.solver.name}, alpha={self.alpha}); warned once per layer",
-                RuntimeWarning, stacklevel=3)
+            warnings.warn(message + "; warned once per layer, counted in the output files", RuntimeWarning,
+                          stacklevel=3)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         op, cfg = self.operator, self.solver
@@ -75,23 +89,25 @@ class MonDEQLayer(nn.Module):
     def tune_alpha(self, x: torch.Tensor, max_alpha: float = 1.0) -> float:
         """Halve alpha from `max_alpha` while the forward iterations keep falling (as monotone_op_net)."""
         original = self.alpha
+        self._counting = False
 
         def iters_at(alpha: float) -> int:
             self.alpha = alpha
             try:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore", RuntimeWarning)
-                    self(x)
-            except FloatingPointError:  # FB diverges for too large an alpha
+                self(x)
+            except DivergedError:  # FB diverges for too large an alpha
                 return self.solver.fwd_max_iter + 1
             return self.fwd_stats.iters if self.fwd_stats.converged else self.solver.fwd_max_iter
 
         alpha = max_alpha
-        best = iters_at(alpha)
-        while alpha > 1e-4:
-            n = iters_at(alpha / 2)
-            if n > best:
-                break
-            alpha, best = alpha / 2, n
+        try:
+            best = iters_at(alpha)
+            while alpha > 1e-4:
+                n = iters_at(alpha / 2)
+                if n > best:
+                    break
+                alpha, best = alpha / 2, n
+        finally:
+            self._counting = True
         self.alpha = original if best >= self.solver.fwd_max_iter else alpha
         return self.alpha

@@ -37,6 +37,13 @@ class MonDEQNet(nn.Module):
         return {"fwd_iters": float(f.iters), "fwd_residual": f.residual, "fwd_seconds": f.seconds,
                 "bwd_iters": float(b.iters), "bwd_residual": b.residual, "bwd_seconds": b.seconds}
 
+    def convergence(self) -> dict[str, dict]:
+        """Every forward and backward solve since the last reset_convergence()."""
+        return {what: tally.record() for what, tally in self.mon.tallies.items()}
+
+    def reset_convergence(self) -> None:
+        self.mon.reset_tallies()
+
     def tune_alpha(self, x: torch.Tensor, max_alpha: float = 1.0) -> float:
         return self.mon.tune_alpha(self.prepare(x), max_alpha)
 

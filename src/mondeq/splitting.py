@@ -47,6 +47,7 @@ class SolverConfig:
     check_every: int = 4
     tune_alpha: bool = False
     anderson: int = 0
+    on_nonconvergence: str = "warn"  # warn | error
 
     def __post_init__(self):
         if self.name not in SPLITTING_METHODS:
@@ -59,6 +60,8 @@ class SolverConfig:
                 raise ValueError(f"splitting.{key} must be >= 1, got {getattr(self, key)}")
         if not (float(self.anderson).is_integer() and (self.anderson == 0 or self.anderson >= 2)):
             raise ValueError(f"splitting.anderson is a history size: 0 (off) or >= 2, got {self.anderson}")
+        if self.on_nonconvergence not in ("warn", "error"):
+            raise ValueError(f"splitting.on_nonconvergence must be warn or error, got {self.on_nonconvergence!r}")
 
     @classmethod
     def from_mapping(cls, cfg) -> "SolverConfig":
@@ -67,6 +70,31 @@ class SolverConfig:
         if unknown:
             raise ValueError(f"unknown splitting keys {sorted(unknown)}; known: {sorted(known)}")
         return cls(**{k: cfg[k] for k in cfg})
+
+
+@dataclass
+class ConvergenceTally:
+    """The solves of one direction since the last reset: how many reached their tolerance, the worst residual."""
+
+    solves: int = 0
+    converged: int = 0
+    worst_residual: float = 0.0
+
+    def add(self, stats: SolveStats) -> None:
+        self.solves += 1
+        self.converged += int(stats.converged)
+        # nan never compares greater: a non-finite residual raises before it gets here
+        self.worst_residual = max(self.worst_residual, stats.residual)
+
+    def merge(self, other: "ConvergenceTally") -> None:
+        self.solves += other.solves
+        self.converged += other.converged
+        self.worst_residual = max(self.worst_residual, other.worst_residual)
+
+    def record(self) -> dict:
+        """The fields written to metrics.json, bounds.json and robustness.json."""
+        return {"solves": self.solves, "converged_fraction": self.converged / self.solves if self.solves else None,
+                "worst_residual": self.worst_residual if self.solves else None}
 
 
 Checked = Optional[tuple[torch.Tensor, torch.Tensor]]

@@ -1,0 +1,83 @@
+"""What produced a result: content hashes, the settings that change a result, and the lock of a run dir in use.
+
+A run dir is named by the command-line overrides only, so the same command can meet files of
+other settings (an edited config file, another seed): the apps compare the settings recorded
+with a result to the ones they run with and refuse to mix them, naming the keys that differ.
+"""
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+
+from .errors import ProjectError
+
+LOCK_FILE = ".lock"
+# Keys of a config section that say where or how fast, not what: they never make two results differ.
+# trainer.max_epochs is a cap that a run records as its `epochs`: a larger one continues a run.
+WHERE_NOT_WHAT = {
+    "dataset": ("root", "download", "num_workers", "system_dir", "test_batch_size"),
+    "trainer": ("accelerator", "devices", "num_nodes", "strategy", "enable_progress_bar", "log_every_n_steps",
+                "max_epochs"),
+}
+
+
+class RunDirBusyError(ProjectError):
+    """Another process holds the run dir."""
+
+
+@contextmanager
+def locked(run_dir: Path) -> Iterator[None]:
+    """Hold `run_dir` for this process; a second process refuses at once instead of writing beside it."""
+    from filelock import FileLock, Timeout
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(run_dir / LOCK_FILE))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        raise RunDirBusyError(f"run dir {run_dir} is in use by another process (it holds {run_dir / LOCK_FILE}); "
+                              f"wait for it to finish, or choose another run dir with hydra.run.dir=DIR") from None
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def what(section: str, values: Mapping) -> dict:
+    """`values` of a config section without its where-not-what keys."""
+    return {k: v for k, v in values.items() if k not in WHERE_NOT_WHAT.get(section, ())}
+
+
+def differing(now: Mapping, before: Mapping, prefix: str = "") -> list[str]:
+    """The dotted keys whose values differ between two nested mappings (a key only in one differs)."""
+    keys: list[str] = []
+    for key in sorted(set(now) | set(before), key=str):
+        a, b = now.get(key), before.get(key)
+        if isinstance(a, Mapping) and isinstance(b, Mapping):
+            keys += differing(a, b, f"{prefix}{key}.")
+        elif a != b and not (_is_number(a) and _is_number(b) and float(a) == float(b)):
+            keys.append(f"{prefix}{key}")
+    return keys
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def describe(keys: list[str], now: Mapping, before: Mapping) -> str:
+    """'m: 20.0 recorded, 5.0 given; seed: ...' for the keys of `differing`."""
+    def get(tree, dotted):
+        for part in dotted.split("."):
+            tree = tree.get(part) if isinstance(tree, Mapping) else None
+        return tree
+    return "; ".join(f"{k}: {get(before, k)!r} recorded, {get(now, k)!r} now" for k in keys)

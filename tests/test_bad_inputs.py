@@ -1,0 +1,74 @@
+"""Bad inputs to every app, as a user types them: one `error: ...` line naming the culprit, exit status 1,
+no traceback, and nothing written (refused before any data is read or any model trained)."""
+from __future__ import annotations
+
+import struct
+
+import pytest
+import torch
+
+
+def _files(tmp_path):
+    """The bad files the table refers to, by name."""
+    good = tmp_path / "good.ckpt"
+    torch.save({"state_dict": {"w": torch.ones(4)}}, good)
+    blob = good.read_bytes()
+    (tmp_path / "truncated.ckpt").write_bytes(blob[: len(blob) // 2])
+    (tmp_path / "notes.ckpt").write_text("not a checkpoint\n")
+    (tmp_path / "folder.ckpt").mkdir()
+    raw = tmp_path / "mnist" / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for prefix, n in (("train", 3), ("t10k", 2)):
+        (raw / f"{prefix}-images-idx3-ubyte").write_bytes(struct.pack(">IIII", 2051, n, 28, 28) + bytes(n * 784))
+        (raw / f"{prefix}-labels-idx1-ubyte").write_bytes(struct.pack(">II", 2049, n) + bytes(n))
+    short = raw / "train-images-idx3-ubyte"
+    short.write_bytes(short.read_bytes()[:-100])
+
+
+CASES = [
+    ("run", ["m=inf"], "m=inf: allowed: a number > 0"),
+    ("run", ["m=nan"], "m=nan: allowed: a number > 0"),
+    ("run", ["optim.lr=abc"], "optim.lr='abc'"),
+    ("run", ["optim.schedule=foo"], "optim.schedule='foo': allowed: one of step, onecycle, none"),
+    ("run", ["dataset.std=[0]"], "dataset.std=[0]"),
+    ("run", ["splitting.anderson=1"], "splitting.anderson=1"),
+    ("run", ["splitting.on_nonconvergence=maybe"], "splitting.on_nonconvergence='maybe'"),
+    ("run", ["+trainer.precision=bf16-mixed"], "trainer.precision='bf16-mixed'"),
+    ("run", ["trainer.devices=2"], "trainer.devices=2: allowed: one device"),
+    ("run", ["+trainer.max_epoch=3"], "trainer.max_epoch: unknown key"),
+    ("run", ["protocol=margin", "protocol.threshold=2"], "protocol.threshold=2"),
+    ("run", ["dataset=mnist", "dataset.root={tmp}/mnist", "dataset.download=false"],
+     "train-images-idx3-ubyte: 2268 bytes, but its header declares 3 x 28 x 28 items (2368 bytes): truncated"),
+    ("run", ["ckpt={tmp}/notes.ckpt"], "notes.ckpt is not a PyTorch checkpoint"),
+    ("bound", ["generalization.delta=2"], "generalization.delta=2: allowed: a number > 0 and < 1"),
+    ("bound", ["bound.methods=[theorem9]"], "bound.methods=['theorem9']"),
+    ("bound", ["ckpt={tmp}/folder.ckpt"], "folder.ckpt is a directory"),
+    ("bound", ["ckpt={tmp}/truncated.ckpt"], "truncated.ckpt is truncated or damaged"),
+    ("bound", ["ckpt={tmp}/notes.ckpt"], "notes.ckpt is not a PyTorch checkpoint"),
+    ("bound", ["ckpt={tmp}/absent.ckpt"], "absent.ckpt does not exist"),
+    ("bound", [], "model.ckpt does not exist: train the model first"),
+    ("bench", ["bench.batch=0"], "bench.batch=0: allowed: a whole number >= 1"),
+    ("robustness", ["certify.eps=-0.1"], "certify.eps=-0.1"),
+    ("robustness", ["certify.rule=loose"], "certify.rule='loose'"),
+    ("robustness", ["robustness.methods=[fgsm]"], "robustness.methods=['fgsm']"),
+    ("robustness", ["certify.lipschitz=-1"], "certify.lipschitz=-1"),
+    ("robustness", ["ckpt={tmp}/truncated.ckpt"], "truncated.ckpt is truncated or damaged"),
+]
+
+
+@pytest.mark.parametrize("app,args,needle", CASES, ids=[f"{a}:{' '.join(x)}" for a, x, _ in CASES])
+def test_bad_input_ends_as_one_error_line(run_app, tmp_path, tiny, app, args, needle):
+    _files(tmp_path)
+    argv = [a.replace("{tmp}", str(tmp_path)) for a in args]
+    proc = run_app(app, *tiny, "logger=none", *argv, timeout=120)
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and needle in last, proc.stderr[-2000:]
+    assert not list(tmp_path.glob("outputs/**/*.json")) and not list(tmp_path.glob("outputs/**/model.ckpt"))
+
+
+def test_plot_of_a_missing_runs_dir_is_an_error(run_app, tmp_path):
+    proc = run_app("plot", "--runs", str(tmp_path / "nowhere"), "--out", str(tmp_path / "out"), timeout=120)
+    assert proc.returncode == 1 and "error: --runs: no such directory" in proc.stderr
+    assert not (tmp_path / "out").exists()

@@ -1,0 +1,107 @@
+"""src/schema.py: every key of every composed config has a rule, and the rules refuse what no app can use."""
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from src import schema
+from src.cli import CONF_DIR, validate
+from src.errors import ConfigError
+
+APPS = ("config", "bound", "robustness", "bench")
+GROUPS = ("dataset", "model", "splitting", "trainer", "callbacks", "logger", "profile", "protocol")
+
+
+def _options(group: str) -> list[str]:
+    return sorted(f[:-5] for f in os.listdir(os.path.join(CONF_DIR, group)) if f.endswith(".yaml"))
+
+
+COMPOSITIONS = ([(app, f"{g}={o}") for app in APPS for g in GROUPS for o in _options(g)]
+                + [(app, f"+experiment={e}") for app in APPS for e in _options("experiment")])
+
+
+@pytest.mark.parametrize("app,override", COMPOSITIONS)
+def test_every_composed_config_passes_and_every_key_has_a_rule(compose, app, override):
+    cfg = compose([override], config_name=app)
+    keys = [key for key, _ in schema._leaves(cfg)]
+    assert keys and all(schema.rule_of(k) is not None for k in keys), [k for k in keys if not schema.rule_of(k)]
+    validate(cfg)
+
+
+@pytest.mark.parametrize("app,override,needle", [
+    ("config", "m=inf", "m=inf: allowed: a number > 0"),
+    ("config", "m=-0.5", "m=-0.5"),
+    ("config", "optim.lr=abc", "optim.lr='abc': allowed: a number > 0"),
+    ("config", "optim.schedule=foo", "optim.schedule='foo': allowed: one of step, onecycle, none"),
+    ("config", "optim.gamma=1.5", "optim.gamma=1.5"),
+    ("config", "optim.epochs=2.5", "optim.epochs=2.5: allowed: a whole number >= 1"),
+    ("config", "dataset.std=[0]", "dataset.std=[0]: allowed: a list (one per channel) of a number > 0"),
+    ("config", "dataset.mean=[0.1,0.2]", "dataset.mean=[0.1, 0.2]"),
+    ("config", "seed=-1", "seed=-1"),
+    ("config", "splitting.anderson=1", "splitting.anderson=1: allowed: 0 (off) or a history size >= 2"),
+    ("config", "splitting.fwd_tol=0", "splitting.fwd_tol=0"),
+    ("config", "splitting.on_nonconvergence=ignore", "splitting.on_nonconvergence='ignore'"),
+    ("config", "+trainer.precision=bf16-mixed", "trainer.precision='bf16-mixed'"),
+    ("config", "trainer.max_epochs=0", "trainer.max_epochs=0"),
+    ("config", "protocol=margin protocol.threshold=null", "protocol=margin needs protocol.threshold"),
+    ("config", "+dataset.colour=1", "dataset.colour: unknown key"),
+    ("bound", "generalization.delta=2", "generalization.delta=2: allowed: a number > 0 and < 1"),
+    ("bound", "bound.methods=[theorem9]", "bound.methods=['theorem9']"),
+    ("bound", "bound.lower_points=0", "bound.lower_points=0"),
+    ("bench", "bench.batch=0", "bench.batch=0: allowed: a whole number >= 1"),
+    ("robustness", "certify.eps=-0.1", "certify.eps=-0.1: allowed: null (the dataset's grid) or a list of radii of a "
+                                       "number >= 0"),
+    ("robustness", "certify.rule=loose", "certify.rule='loose'"),
+    ("robustness", "certify.lipschitz=-3", "certify.lipschitz=-3"),
+    ("robustness", "certify.lipschitz=[[1,2]]", "certify.lipschitz=[[1, 2]]"),
+    ("robustness", "robustness.methods=[]", "robustness.methods=[]: allowed: a non-empty list"),
+    ("robustness", "robustness.device=tpu", "robustness.device='tpu'"),
+])
+def test_bad_values_are_refused_naming_key_value_and_what_is_allowed(compose, app, override, needle):
+    cfg = compose(override.split(), config_name=app)
+    with pytest.raises(ConfigError) as err:
+        validate(cfg)
+    assert needle in str(err.value)
+
+
+@pytest.mark.parametrize("app,override,key,expected", [
+    ("bound", "bound.methods=theorem1", "bound.methods", ["theorem1"]),
+    ("robustness", "certify.bound=sdp_diag", "certify.bound", ["sdp_diag"]),
+    ("robustness", "certify.eps=0.1", "certify.eps", [0.1]),
+    ("robustness", "certify.rule=tight", "certify.rule", ["tight"]),
+    ("config", "m=5", "m", 5.0),
+    ("config", "optim.lr=1", "optim.lr", 1.0),
+])
+def test_bare_values_of_list_keys_become_lists_and_numbers_their_type(compose, app, override, key, expected):
+    from omegaconf import OmegaConf
+
+    cfg = compose([override], config_name=app)
+    validate(cfg)
+    value = OmegaConf.select(cfg, key)
+    value = OmegaConf.to_container(value) if OmegaConf.is_config(value) else value
+    assert value == expected and type(value) is type(expected)
+
+
+def test_a_matrix_of_class_pair_constants_is_a_lipschitz_value(compose):
+    matrix = "[" + ",".join("[" + ",".join("0" if i == j else "2" for j in range(10)) + "]" for i in range(10)) + "]"
+    validate(compose([f"certify.lipschitz={matrix}"], config_name="robustness"))
+
+
+def test_trainer_keys_are_lightnings_arguments_or_refused(compose):
+    validate(compose(["+trainer.gradient_clip_val=1.0"]))
+    with pytest.raises(ConfigError, match=r"trainer.max_epoch: unknown key"):
+        validate(compose(["+trainer.max_epoch=3"]))
+
+
+@pytest.mark.parametrize("override", ["trainer.devices=2", "trainer.devices=[0,1]", "+trainer.num_nodes=2"])
+def test_multi_device_training_is_refused_until_its_metrics_are_exact(compose, override):
+    with pytest.raises(ConfigError, match="trainer.devices=.*allowed: one device"):
+        validate(compose([override]))
+
+
+@pytest.mark.parametrize("preset,accelerator", [("cpu", "cpu"), ("gpu", "gpu")])
+def test_trainer_presets(compose, preset, accelerator):
+    cfg = compose([f"trainer={preset}"])
+    validate(cfg)
+    assert (cfg.trainer.accelerator, cfg.trainer.devices, cfg.trainer.max_epochs) == (accelerator, 1, cfg.optim.epochs)
