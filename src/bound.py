@@ -28,7 +28,7 @@ from .bounds.registry import METHODS, compute_bounds, jsonable, select_methods
 ENTRY_KEYS = ("upper", "lower", "details", "seconds", "solver", "failed")
 
 
-def generalization_bounds(model, cfg: DictConfig, train, checkpoint: dict) -> dict:
+def generalization_bounds(model, cfg: DictConfig, train, initial_state) -> dict:
     """PAC-Bayes bounds on the training subset the run's protocol used."""
     from .data import normalise, training_subset
 
@@ -38,7 +38,7 @@ def generalization_bounds(model, cfg: DictConfig, train, checkpoint: dict) -> di
     if idx is not None:
         train_x, train_y = train_x[idx], train_y[idx]
     out = gen.generalization(model, train_x, train_y, cfg.generalization,
-                             reference=checkpoint.get("initial_state_dict"))
+                             reference=initial_state)
     out["seconds"] = time.perf_counter() - start
     print(f"  generalization: {out.get('pac_bayes')}  ({out['seconds']:.1f} s)", flush=True)
     return out
@@ -89,7 +89,7 @@ def run(cfg: DictConfig) -> dict:
 
 def bound(cfg: DictConfig, run_dir: Path, m_given: bool = True) -> dict:
     """Compute the bounds of cfg's checkpoint and write <run_dir>/bounds.json; returns its record."""
-    from .checkpoints import check_not_poor, load_model, read_checkpoint
+    from .checkpoints import check_not_poor, load_model
     from .data import DatasetMissingError, load_splits, normalise
     from .errors import ConfigError
     from .evaluation import convergence, reset_convergence, test_error, warn_unconverged
@@ -123,7 +123,7 @@ def bound(cfg: DictConfig, run_dir: Path, m_given: bool = True) -> dict:
         check_not_poor(loaded, found["test_error"], bool(cfg.bound.accept_poor_model))
     record = {**compute_bounds(model, cfg, test_x, None if test is None else test.labels), **found}
     if with_generalization and train is not None:
-        record["generalization"] = jsonable(generalization_bounds(model, cfg, train, read_checkpoint(loaded.path)))
+        record["generalization"] = jsonable(generalization_bounds(model, cfg, train, loaded.initial_state))
     if skipped:
         record["skipped"] = {"test_error": skipped, "generalization": skipped}
     solves = convergence(model)
@@ -133,6 +133,7 @@ def bound(cfg: DictConfig, run_dir: Path, m_given: bool = True) -> dict:
     record.update(model=OmegaConf.to_container(cfg.model), m=cfg.m, dataset=cfg.dataset.name,
                   profile=cfg.get("profile"), ckpt=loaded.path, ckpt_sha256=loaded.sha256, convergence=solves,
                   provenance={name: origin for name in entries})
+    run_dir.mkdir(parents=True, exist_ok=True)
     path = run_dir / "bounds.json"
     record = merge(json.loads(path.read_text()) if path.is_file() else None, record)
     path.write_text(json.dumps(record, indent=2))

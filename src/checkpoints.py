@@ -110,18 +110,20 @@ class Loaded:
     path: str
     sha256: str          # the checkpoint file's content
     recorded: bool       # it records its training settings (ours); False: a foreign layout
+    initial_state: Mapping | None  # the weights at initialisation, when recorded (generalization bounds)
 
 
 def check_recorded(path: Path, hparams: Mapping, cfg) -> None:
     """Refuse a checkpoint whose recorded model, m or dataset differ from the configuration's."""
     from omegaconf import OmegaConf
 
+    from .models import MONDEQ_MODELS
     from .provenance import describe, differing, what
 
     now = {"model": OmegaConf.to_container(cfg.model, resolve=True),
            "dataset": what("dataset", OmegaConf.to_container(cfg.dataset, resolve=True))}
     before = {"model": dict(hparams.get("model") or {}), "dataset": what("dataset", dict(hparams.get("dataset") or {}))}
-    if cfg.model.name in MONDEQ_NAMES:
+    if cfg.model.name in MONDEQ_MODELS:
         now["m"], before["m"] = float(cfg.m), hparams.get("m")
     keys = [k for k in differing(now, before) if not k.startswith("dataset.") or k.split(".")[1] in RECORDED_DATASET]
     if keys:
@@ -129,7 +131,6 @@ def check_recorded(path: Path, hparams: Mapping, cfg) -> None:
                               f"({describe(keys, now, before)}); give the settings it records, or another ckpt=")
 
 
-MONDEQ_NAMES = ("mon_fc", "mon_conv", "mon_multiconv")
 RECORDED_DATASET = ("name", "in_shape", "num_classes", "mean", "std", "n_train", "seed")
 
 
@@ -140,7 +141,7 @@ def load_model(cfg, run_dir: Path, m_given: bool = True) -> Loaded:
     settings) of a monDEQ needs `m_given` (m set on the command line), since a wrong m loads
     without complaint and scales every bound.
     """
-    from .models import build_model
+    from .models import MONDEQ_MODELS, build_model
     from .provenance import sha256
 
     path = Path(cfg.ckpt) if cfg.ckpt else run_dir / "model.ckpt"
@@ -151,14 +152,14 @@ def load_model(cfg, run_dir: Path, m_given: bool = True) -> Loaded:
     hparams = checkpoint.get("hyper_parameters")
     if hparams:
         check_recorded(path, hparams, cfg)
-    elif cfg.model.name in MONDEQ_NAMES and not m_given:
+    elif cfg.model.name in MONDEQ_MODELS and not m_given:
         raise CheckpointError(f"checkpoint {path} does not record the m it was trained with; give it on the "
                               f"command line (m=VALUE): the weights load under any m, and a wrong one changes "
                               f"every bound")
     model = build_model(cfg.model, cfg.m, cfg.splitting, tuple(cfg.dataset.in_shape), cfg.dataset.num_classes)
     layout = load_weights(model, checkpoint)
     print(f"loaded {path} ({layout} layout)", flush=True)
-    return Loaded(model.eval(), str(path), sha256(path), bool(hparams))
+    return Loaded(model.eval(), str(path), sha256(path), bool(hparams), checkpoint.get("initial_state_dict"))
 
 
 def check_not_poor(loaded: Loaded, test_error: float | None, accept: bool) -> None:

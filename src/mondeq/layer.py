@@ -28,7 +28,7 @@ class MonDEQLayer(nn.Module):
         self.alpha = float(solver.alpha)
         self.fwd_stats = SolveStats()
         self.bwd_stats = SolveStats()
-        self.tallies = {"forward": ConvergenceTally(), "backward": ConvergenceTally()}
+        self.reset_tallies()
         self._counting = True  # off while alpha is tuned: those trial solves are not results
         self._warned = False
 
