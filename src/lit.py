@@ -109,19 +109,37 @@ class LitClassifier(L.LightningModule):
     def on_test_epoch_start(self) -> None:
         if self.is_mondeq:
             self.model.reset_convergence()
-        self._eval = {s: torch.zeros(3, dtype=torch.float64) for s in EVAL_SETS}  # n, errors, margin errors
+        # n, errors, margin errors, on the module's device (no host sync per batch)
+        self._eval = {s: torch.zeros(3, dtype=torch.int64, device=self.device) for s in EVAL_SETS}
 
     def test_step(self, batch, batch_idx: int, dataloader_idx: int = 0) -> None:
         x, y = batch
         margin = margins(self(x), y)
-        counts = [len(y), int((margin <= 0).sum()), int((margin < self.hparams.margin_gamma).sum())]
-        self._eval[EVAL_SETS[dataloader_idx]] += torch.tensor(counts, dtype=torch.float64)
+        counts = self._eval[EVAL_SETS[dataloader_idx]]
+        counts[0] += len(y)
+        counts[1:] += torch.stack([(margin <= 0).sum(), (margin < self.hparams.margin_gamma).sum()])
+
+    def on_test_epoch_end(self) -> None:
+        # Under DDP each rank counted its own shard (src.run gives unpadded samplers): sum them, so
+        # every rank holds the counts of the whole split.
+        self._eval = {s: self._across_ranks(c, "sum") for s, c in self._eval.items()}
+
+    def _across_ranks(self, value: torch.Tensor, op: str) -> torch.Tensor:
+        return self.trainer.strategy.reduce(value, reduce_op=op) if self.trainer.world_size > 1 else value
+
+    def _tally_across_ranks(self, tally: ConvergenceTally) -> ConvergenceTally:
+        if self._trainer is None or self.trainer.world_size == 1:
+            return tally
+        counts = self._across_ranks(torch.tensor([tally.solves, tally.converged], device=self.device), "sum")
+        worst = self._across_ranks(torch.tensor(tally.worst_residual, dtype=torch.float64, device=self.device), "max")
+        return ConvergenceTally(int(counts[0]), int(counts[1]), float(worst))
 
     def evaluation(self) -> dict[str, float]:
-        """test_error, train_error and margin_error of the last trainer.test."""
+        """test_error, train_error and margin_error of the last trainer.test, and of how many examples."""
         (n_test, err_test, _), (n_train, err_train, margin_train) = (self._eval[s].tolist() for s in EVAL_SETS)
+        # how many examples the rates are of (trainer.limit_test_batches limits them; under DDP per process)
         return {"test_error": err_test / n_test, "train_error": err_train / n_train,
-                "margin_error": margin_train / n_train}
+                "margin_error": margin_train / n_train, "evaluated": {"test": n_test, "train": n_train}}
 
     def training_summary(self) -> dict[str, float | None]:
         steps = self.totals["steps"]
@@ -130,11 +148,12 @@ class LitClassifier(L.LightningModule):
                 "bwd_iters": self.totals["bwd_iters"] / steps if steps else None}
 
     def convergence(self) -> dict | None:
-        """The training steps' solves, and those of the last trainer.test (monDEQs; None otherwise)."""
+        """The training steps' solves, and those of the last trainer.test, of every rank (monDEQs; None
+        otherwise). Under DDP a collective: every rank calls it."""
         if not self.is_mondeq:
             return None
-        return {"training": {what: t.record() for what, t in self.train_tallies.items()},
-                "evaluation": self.model.convergence()}
+        return {stage: {what: self._tally_across_ranks(t).record() for what, t in tallies.items()}
+                for stage, tallies in (("training", self.train_tallies), ("evaluation", self.model.mon.tallies))}
 
     # --- checkpoints -------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict) -> None:
@@ -184,7 +203,9 @@ class TrainMarginError(Callback):
         return bad / n
 
     def on_train_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
-        module.log(TRAIN_MARGIN_ERROR, self.margin_error(module), on_step=False, on_epoch=True, prog_bar=True)
+        # every rank measures the whole set with the same weights: the mean over ranks is that value
+        module.log(TRAIN_MARGIN_ERROR, self.margin_error(module), on_step=False, on_epoch=True, prog_bar=True,
+                   sync_dist=True)
 
 
 class MarginStop(EarlyStopping):

@@ -18,13 +18,22 @@ LOCK_FILE = ".lock"
 # trainer.max_epochs is a cap that a run records as its `epochs`: a larger one continues a run.
 WHERE_NOT_WHAT = {
     "dataset": ("root", "download", "num_workers", "system_dir", "test_batch_size"),
-    "trainer": ("accelerator", "devices", "num_nodes", "strategy", "enable_progress_bar", "log_every_n_steps",
-                "max_epochs"),
+    # devices and num_nodes are not among them: the processes' batches add up to one optimizer step
+    "trainer": ("accelerator", "strategy", "enable_progress_bar", "log_every_n_steps", "max_epochs"),
 }
+# Set by Lightning's DDP launcher and by torchrun / Slurm in every process they start
+RANK_VARIABLES = ("RANK", "NODE_RANK", "LOCAL_RANK", "SLURM_PROCID")
 
 
 class RunDirBusyError(ProjectError):
     """Another process holds the run dir."""
+
+
+def rank_zero() -> bool:
+    """Whether this process is the first (or only) one of a run: the one that holds the lock and writes."""
+    import os
+
+    return all(int(os.environ.get(name, 0)) == 0 for name in RANK_VARIABLES)
 
 
 @contextmanager

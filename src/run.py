@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
@@ -60,8 +60,37 @@ def _restrict(loaders, indices):
     return loaders._replace(train=subset(loaders.train, True), train_eval=subset(loaders.train_eval, False))
 
 
+LOCAL_LAUNCHERS = ("basic", "joblib")
+
+
+def _processes(trainer: Mapping) -> int:
+    devices = trainer.get("devices", 1)
+    count = len(devices) if isinstance(devices, Sequence) and not isinstance(devices, str) else (
+        devices if isinstance(devices, int) else 1)
+    return count * int(trainer.get("num_nodes", 1))
+
+
+def _unpadded(loader, trainer):
+    """`loader` on this rank's share of its examples, each example on exactly one rank.
+
+    Lightning's own sampler for test loaders pads the shards with repeated examples; a
+    DistributedSampler of our own is left in place.
+    """
+    from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
+    from torch.utils.data import DataLoader
+
+    sampler = UnrepeatedDistributedSampler(loader.dataset, num_replicas=trainer.world_size,
+                                           rank=trainer.global_rank, shuffle=False)
+    return DataLoader(loader.dataset, batch_size=loader.batch_size, sampler=sampler, num_workers=loader.num_workers)
+
+
 def train(cfg: DictConfig, run_dir: Path, group: str = "default") -> dict:
-    """Train `cfg` in `run_dir` (resuming from its last.ckpt) and return what metrics.json holds."""
+    """Train `cfg` in `run_dir` (resuming from its last.ckpt) and return what metrics.json holds.
+
+    Under DDP every rank runs this; rank zero holds the run dir's lock and writes metrics.json.
+    """
+    if not provenance.rank_zero():
+        return _train(cfg, run_dir, group)
     with provenance.locked(run_dir):
         return _train(cfg, run_dir, group)
 
@@ -100,14 +129,18 @@ def _train(cfg: DictConfig, run_dir: Path, group: str) -> dict:
         trainer.fit(lit, loaders.train, ckpt_path=resume, weights_only=True)
         # a full checkpoint (optimizer and loop states too), like last.ckpt
         trainer.save_checkpoint(str(run_dir / "model.ckpt"), weights_only=False)
-        trainer.test(lit, [loaders.test, loaders.train_eval], verbose=False)
+        evaluated = [loaders.test, loaders.train_eval]
+        if trainer.world_size > 1:
+            evaluated = [_unpadded(loader, trainer) for loader in evaluated]
+        trainer.test(lit, evaluated, verbose=False)
         metrics = {**lit.evaluation(), "epochs": trainer.current_epoch, **lit.training_summary(),
                    "m": float(cfg.m), "model": plain["model"], "dataset": cfg.dataset.name,
                    "profile": cfg.profile, "experiment": group, "seed": cfg.seed,
                    "protocol": protocol["name"], "n_train": len(loaders.train.dataset),
                    "convergence": lit.convergence()}
         for stage, record in (metrics["convergence"] or {}).items():
-            warn_unconverged(record, f"src.run {stage}")
+            if trainer.is_global_zero:
+                warn_unconverged(record, f"src.run {stage}")
         if protocol["name"] == "margin":
             # on the whole training set (margin_error follows trainer.limit_test_batches), as the stop rule saw it
             reached = margin_check.margin_error(lit)
@@ -118,19 +151,27 @@ def _train(cfg: DictConfig, run_dir: Path, group: str) -> dict:
             logger.save()  # the trainer has already flushed its own logs
     finally:
         loggers.close(logger)
-    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    if trainer.is_global_zero:
+        (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     return metrics
 
 
 @hydra_app("config")
 def main(cfg: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
 
     hc = HydraConfig.get()
     group = hc.runtime.choices.get("experiment") or "default"
+    launcher = hc.runtime.choices.get("hydra/launcher")
+    if hc.mode == RunMode.MULTIRUN and launcher in LOCAL_LAUNCHERS and _processes(cfg.trainer) > 1:
+        # Lightning starts the other ranks by re-running the command line, which would sweep again
+        raise ConfigError(f"trainer.devices={cfg.trainer.devices} with -m and hydra/launcher={launcher}: allowed: "
+                          f"one multi-device run at a time (without -m), or hydra/launcher=submitit_slurm")
     metrics = train(cfg, Path(hc.runtime.output_dir), group)
-    print(json.dumps({k: metrics[k] for k in ("m", "test_error", "train_error", "margin_error", "epochs",
-                                              "protocol", "margin_error_reached", "reached") if k in metrics}))
+    if provenance.rank_zero():
+            print(json.dumps({k: metrics[k] for k in ("m", "test_error", "train_error", "margin_error", "epochs",
+                                                  "protocol", "margin_error_reached", "reached") if k in metrics}))
 
 
 if __name__ == "__main__":

@@ -21,6 +21,10 @@ def _files(tmp_path):
     for prefix, n in (("train", 3), ("t10k", 2)):
         (raw / f"{prefix}-images-idx3-ubyte").write_bytes(struct.pack(">IIII", 2051, n, 28, 28) + bytes(n * 784))
         (raw / f"{prefix}-labels-idx1-ubyte").write_bytes(struct.pack(">II", 2049, n) + bytes(n))
+    cifar = tmp_path / "cifar" / "cifar-10-batches-py"
+    cifar.mkdir(parents=True)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch", "batches.meta"]:
+        (cifar / name).write_bytes(b"\x80\x04 damaged")
     short = raw / "train-images-idx3-ubyte"
     short.write_bytes(short.read_bytes()[:-100])
 
@@ -34,12 +38,25 @@ CASES = [
     ("run", ["splitting.anderson=1"], "splitting.anderson=1"),
     ("run", ["splitting.on_nonconvergence=maybe"], "splitting.on_nonconvergence='maybe'"),
     ("run", ["+trainer.precision=bf16-mixed"], "trainer.precision='bf16-mixed'"),
-    ("run", ["trainer.devices=2"], "trainer.devices=2: allowed: one device"),
+    ("run", ["trainer=ddp", "trainer.strategy=ddp_spawn"], "trainer.strategy='ddp_spawn'"),
     ("run", ["+trainer.max_epoch=3"], "trainer.max_epoch: unknown key"),
     ("run", ["protocol=margin", "protocol.threshold=2"], "protocol.threshold=2"),
     ("run", ["dataset=mnist", "dataset.root={tmp}/mnist", "dataset.download=false"],
      "train-images-idx3-ubyte: 2268 bytes, but its header declares 3 x 28 x 28 items (2368 bytes): truncated"),
     ("run", ["ckpt={tmp}/notes.ckpt"], "notes.ckpt is not a PyTorch checkpoint"),
+    ("run", ["-m", "trainer=ddp", "m=1,2"], "trainer.devices=2 with -m and hydra/launcher=basic"),
+    ("run", ["model.width=0"], "model.width=0"),
+    ("run", ["dataset.batch_size=0"], "dataset.batch_size=0"),
+    ("run", ["seed=abc"], "seed='abc'"),
+    ("run", ["splitting.alpha=0"], "splitting.alpha=0"),
+    ("run", ["splitting.fwd_tol=-1"], "splitting.fwd_tol=-1"),
+    ("run", ["trainer.limit_train_batches=0"], "trainer.limit_train_batches=0"),
+    ("run", ["protocol=margin", "protocol.threshold=0.1", "protocol.n_train=0"], "protocol.n_train=0"),
+    ("run", ["dataset=cifar10", "dataset.root={tmp}/cifar", "dataset.download=false"],
+     "cifar-10-batches-py are present but unreadable"),
+    # the first training step's solve stops after one iteration: refused, and no checkpoint is left
+    ("run", ["splitting.on_nonconvergence=error", "splitting.fwd_max_iter=1"],
+     "forward solve did not converge in 1 iterations"),
     ("bound", ["generalization.delta=2"], "generalization.delta=2: allowed: a number > 0 and < 1"),
     ("bound", ["bound.methods=[theorem9]"], "bound.methods=['theorem9']"),
     ("bound", ["ckpt={tmp}/folder.ckpt"], "folder.ckpt is a directory"),
@@ -47,6 +64,14 @@ CASES = [
     ("bound", ["ckpt={tmp}/notes.ckpt"], "notes.ckpt is not a PyTorch checkpoint"),
     ("bound", ["ckpt={tmp}/absent.ckpt"], "absent.ckpt does not exist"),
     ("bound", [], "model.ckpt does not exist: train the model first"),
+    ("bound", ["m=0"], "m=0"),
+    ("bound", ["generalization.gamma=-1"], "generalization.gamma=-1"),
+    ("bound", ["bound.lower_points=0"], "bound.lower_points=0"),
+    ("bench", ["bench.bounds=[theorem7]"], "bench.bounds=['theorem7']"),
+    ("bench", ["bench.reps=0"], "bench.reps=0"),
+    ("robustness", ["robustness.n_test=0"], "robustness.n_test=0"),
+    ("robustness", ["certify.lipschitz=[[1,2]]"], "certify.lipschitz=[[1, 2]]"),
+    ("robustness", ["robustness.pgd.steps=0"], "robustness.pgd.steps=0"),
     ("bench", ["bench.batch=0"], "bench.batch=0: allowed: a whole number >= 1"),
     ("robustness", ["certify.eps=-0.1"], "certify.eps=-0.1"),
     ("robustness", ["certify.rule=loose"], "certify.rule='loose'"),

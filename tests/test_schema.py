@@ -94,14 +94,21 @@ def test_trainer_keys_are_lightnings_arguments_or_refused(compose):
         validate(compose(["+trainer.max_epoch=3"]))
 
 
-@pytest.mark.parametrize("override", ["trainer.devices=2", "trainer.devices=[0,1]", "+trainer.num_nodes=2"])
-def test_multi_device_training_is_refused_until_its_metrics_are_exact(compose, override):
-    with pytest.raises(ConfigError, match="trainer.devices=.*allowed: one device"):
-        validate(compose([override]))
+def test_spawned_processes_are_refused(compose):
+    # their test counts would stay in the spawned processes
+    with pytest.raises(ConfigError, match="trainer.strategy='ddp_spawn': allowed: one of auto, ddp, "):
+        validate(compose(["trainer=ddp", "trainer.strategy=ddp_spawn"]))
 
 
-@pytest.mark.parametrize("preset,accelerator", [("cpu", "cpu"), ("gpu", "gpu")])
-def test_trainer_presets(compose, preset, accelerator):
+@pytest.mark.parametrize("preset,accelerator,devices", [("cpu", "cpu", 1), ("gpu", "gpu", 1), ("ddp", "auto", 2)])
+def test_trainer_presets(compose, preset, accelerator, devices):
     cfg = compose([f"trainer={preset}"])
     validate(cfg)
-    assert (cfg.trainer.accelerator, cfg.trainer.devices, cfg.trainer.max_epochs) == (accelerator, 1, cfg.optim.epochs)
+    assert (cfg.trainer.accelerator, cfg.trainer.devices, cfg.trainer.max_epochs) == (
+        accelerator, devices, cfg.optim.epochs)
+
+
+def test_the_device_count_names_the_run_dir(compose):
+    # it changes the examples per optimizer step, so two counts must not share a checkpoint
+    excluded = compose([], hydra=True).hydra.job.config.override_dirname.exclude_keys
+    assert "trainer.devices" not in excluded and "trainer.accelerator" in excluded
