@@ -16,9 +16,10 @@ DEMO_RUNS := $(foreach m,$(DEMO_M),outputs/fig1b/dataset=mnist5k$(comma)m=$(m)$(
 
 venv: $(STAMP)
 
-$(STAMP): requirements.txt
+$(STAMP): requirements.txt pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -r requirements.txt
+	$(PY) -m pip install -e . --no-deps --no-build-isolation  # the apps' commands: mondeq-train, ...
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -24,6 +24,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from .progress import ticking
+
 
 def foolbox_model(model: nn.Module, mean: Sequence[float], std: Sequence[float], device=None):
     """`model` (normalised inputs) as a foolbox model of pixels in [0, 1]."""
@@ -99,7 +101,8 @@ def pgd_accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, e
     batches = range(0, n, int(batch_size))
     with tqdm(total=len(batches) * len(eps), desc="pgd", unit="attack", disable=not progress,
               dynamic_ncols=True) as bar:
-        for start in batches:
+        # without the bar (DVC, logs): a line every few seconds
+        for start in (batches if progress else ticking(batches, len(batches), "pgd", unit="batches of points")):
             sl = slice(start, start + int(batch_size))
             x = images[sl].to(device=device, dtype=torch.float32)
             y = labels[sl].to(device)

@@ -13,17 +13,19 @@ the data-free methods run without it.
 """
 from __future__ import annotations
 
+import logging
 import json
-import sys
 import time
 from pathlib import Path
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from . import provenance
+from . import loggers, provenance, summary
 from .bounds import generalization as gen
 from .bounds.registry import METHODS, compute_bounds, jsonable, select_methods
+
+log = logging.getLogger(__name__)
 
 ENTRY_KEYS = ("upper", "lower", "details", "seconds", "solver", "failed")
 
@@ -40,7 +42,7 @@ def generalization_bounds(model, cfg: DictConfig, train, initial_state) -> dict:
     out = gen.generalization(model, train_x, train_y, cfg.generalization,
                              reference=initial_state)
     out["seconds"] = time.perf_counter() - start
-    print(f"  generalization: {out.get('pac_bayes')}  ({out['seconds']:.1f} s)", flush=True)
+    log.info(f"  generalization: {out.get('pac_bayes')}  ({out['seconds']:.1f} s)")
     return out
 
 
@@ -73,7 +75,7 @@ def merge(previous: dict | None, record: dict) -> dict:
             if name in previous.get(key, {}):
                 merged[key][name] = previous[key][name]
     if dropped:
-        print(f"dropped {', '.join(dropped)} from the earlier bounds.json: of another checkpoint", flush=True)
+        log.info(f"dropped {', '.join(dropped)} from the earlier bounds.json: of another checkpoint")
     return merged
 
 
@@ -84,7 +86,12 @@ def run(cfg: DictConfig) -> dict:
 
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     with provenance.locked(run_dir):
-        return bound(cfg, run_dir, m_given="m" in given_keys())
+        record = bound(cfg, run_dir, m_given="m" in given_keys())
+        flat = summary.bounds(record)
+        rows = [key.split("/", 1) + [value] for key, value in flat.items() if "/" in key]
+        loggers.report(cfg, run_dir, "bound", {**flat, **summary.seconds(record)},
+                       [("bound/table", ["kind", "method", "value"], rows)])
+        return record
 
 
 def bound(cfg: DictConfig, run_dir: Path, m_given: bool = True) -> dict:
@@ -112,14 +119,13 @@ def bound(cfg: DictConfig, run_dir: Path, m_given: bool = True) -> dict:
             if needs_data:
                 raise DatasetMissingError(f"bound.methods {needs_data} need the test split. {err}") from None
             skipped = str(err).splitlines()[0]
-            print(f"warning: {skipped}: test error and generalization bounds skipped, data-free bounds computed",
-                  file=sys.stderr, flush=True)
+            log.warning(f"warning: {skipped}: test error and generalization bounds skipped, data-free bounds computed")
     reset_convergence(model)
     test_x = None if test is None else normalise(test, cfg.dataset.mean, cfg.dataset.std)
     found: dict = {}
     if test_x is not None and cfg.bound.test_error:
         found["test_error"] = test_error(model, test_x, test.labels)
-        print(f"      test_error: {found['test_error']:.4f}", flush=True)
+        log.info(f"      test_error: {found['test_error']:.4f}")
         check_not_poor(loaded, found["test_error"], bool(cfg.bound.accept_poor_model))
     record = {**compute_bounds(model, cfg, test_x, None if test is None else test.labels), **found}
     if with_generalization and train is not None:
@@ -137,7 +143,8 @@ def bound(cfg: DictConfig, run_dir: Path, m_given: bool = True) -> dict:
     path = run_dir / "bounds.json"
     record = merge(json.loads(path.read_text()) if path.is_file() else None, record)
     path.write_text(json.dumps(record, indent=2))
-    print(f"wrote {path}", flush=True)
+    summary.write(run_dir, "bound", summary.bounds(record))
+    log.info(f"wrote {path}")
     return record
 
 

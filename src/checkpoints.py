@@ -8,6 +8,7 @@ Layouts are told apart by their keys:
 """
 from __future__ import annotations
 
+import logging
 import pickle
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -17,6 +18,8 @@ import torch
 from torch import nn
 
 from .errors import CheckpointError
+
+log = logging.getLogger(__name__)
 
 ORIGINAL_PREFIX = "mon.linear_module."
 OUR_PREFIX = "mon.operator."
@@ -158,7 +161,7 @@ def load_model(cfg, run_dir: Path, m_given: bool = True) -> Loaded:
                               f"every bound")
     model = build_model(cfg.model, cfg.m, cfg.splitting, tuple(cfg.dataset.in_shape), cfg.dataset.num_classes)
     layout = load_weights(model, checkpoint)
-    print(f"loaded {path} ({layout} layout)", flush=True)
+    log.info(f"loaded {path} ({layout} layout)")
     return Loaded(model.eval(), str(path), sha256(path), bool(hparams), checkpoint.get("initial_state_dict"))
 
 

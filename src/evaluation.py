@@ -2,11 +2,14 @@
 the convergence record of the equilibrium solves behind them (monDEQs)."""
 from __future__ import annotations
 
-import sys
+import logging
 
 import torch
 
 from .errors import ConfigError
+from .progress import ticking
+
+log = logging.getLogger(__name__)
 
 
 def pick_device(name: str) -> torch.device:
@@ -20,13 +23,16 @@ def pick_device(name: str) -> torch.device:
 
 @torch.no_grad()
 def test_error(model, x: torch.Tensor, y: torch.Tensor, batch: int = 400) -> float:
-    wrong = sum(int((model(x[i:i + batch]).argmax(1) != y[i:i + batch]).sum()) for i in range(0, len(x), batch))
+    starts = range(0, len(x), batch)
+    wrong = sum(int((model(x[i:i + batch]).argmax(1) != y[i:i + batch]).sum())
+                for i in ticking(starts, len(starts), "test error"))
     return wrong / len(x)
 
 
 @torch.no_grad()
 def logits_of(model, x: torch.Tensor, batch_size: int, device) -> torch.Tensor:
-    return torch.cat([model(x[i:i + batch_size].to(device)).cpu() for i in range(0, len(x), batch_size)])
+    starts = range(0, len(x), batch_size)
+    return torch.cat([model(x[i:i + batch_size].to(device)).cpu() for i in ticking(starts, len(starts), "logits")])
 
 
 def reset_convergence(model) -> None:
@@ -45,6 +51,6 @@ def warn_unconverged(record: dict | None, where: str) -> None:
     for what, r in (record or {}).items():
         if r["solves"] and r["converged_fraction"] < 1:
             failed = r["solves"] - round(r["converged_fraction"] * r["solves"])
-            print(f"warning: {where}: {failed} of {r['solves']} {what} solves ended above the tolerance "
-                  f"(worst relative residual {r['worst_residual']:.3g}); the numbers rest on unconverged "
-                  f"equilibria (splitting.on_nonconvergence=error refuses them)", file=sys.stderr, flush=True)
+            log.warning(f"warning: {where}: {failed} of {r['solves']} {what} solves ended above the tolerance "
+                        f"(worst relative residual {r['worst_residual']:.3g}); the numbers rest on unconverged "
+                        f"equilibria (splitting.on_nonconvergence=error refuses them)")

@@ -6,6 +6,7 @@ checkpoint alone; the network is `self.model` (state-dict keys `model.*`).
 """
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Mapping
 from dataclasses import asdict
@@ -21,7 +22,8 @@ from .mondeq.splitting import ConvergenceTally
 
 SOLVER_KEYS = ("fwd_iters", "fwd_residual", "fwd_seconds", "bwd_iters", "bwd_residual", "bwd_seconds")
 EVAL_SETS = ("test", "train")  # the order of the dataloaders given to trainer.test
-TRAIN_MARGIN_ERROR = "train/margin_error"  # logged by TrainMarginError, monitored by MarginStop
+TRAIN_MARGIN_ERROR = "train/margin_error"
+log = logging.getLogger(__name__)  # logged by TrainMarginError, monitored by MarginStop
 
 
 def margins(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -69,8 +71,11 @@ class LitClassifier(L.LightningModule):
         x, y = batch
         logits = self(x)
         loss = F.cross_entropy(logits, y)
+        error = (logits.argmax(1) != y).float().mean()
         self.log("train/loss", loss, prog_bar=True)
-        self.log("train/error", (logits.argmax(1) != y).float().mean(), prog_bar=True)
+        self.log("train/error", error, prog_bar=True)
+        # the epoch's means, beside the per-step values (a dashboard's per-epoch curves)
+        self.log_dict({"epoch/train_loss": loss, "epoch/train_error": error}, on_step=False, on_epoch=True)
         return loss
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
@@ -87,6 +92,23 @@ class LitClassifier(L.LightningModule):
 
     def on_train_epoch_end(self) -> None:
         self.totals["seconds"] += time.perf_counter() - self._epoch_start
+        self.log("epoch/lr", self.optimizers().param_groups[0]["lr"], on_step=False, on_epoch=True)
+
+    # --- the test split after every epoch (trainer.limit_val_batches of it; the profiles set it) --
+    # Its loader draws a seed from torch's generator: restored after it, so that watching the test
+    # error changes no batch of the training (a monitor, not a setting: provenance.WHERE_NOT_WHAT).
+    def on_validation_start(self) -> None:
+        self._rng_before_validation = torch.get_rng_state()
+
+    def on_validation_end(self) -> None:
+        torch.set_rng_state(self._rng_before_validation)
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        x, y = batch
+        logits = self(x)
+        self.log_dict({"epoch/test_loss": F.cross_entropy(logits, y),
+                       "epoch/test_error": (logits.argmax(1) != y).float().mean()},
+                      on_step=False, on_epoch=True, sync_dist=True, batch_size=len(y))
 
     def configure_optimizers(self):
         cfg = self.hparams.optim
@@ -206,6 +228,24 @@ class TrainMarginError(Callback):
         # every rank measures the whole set with the same weights: the mean over ranks is that value
         module.log(TRAIN_MARGIN_ERROR, self.margin_error(module), on_step=False, on_epoch=True, prog_bar=True,
                    sync_dist=True)
+
+
+class EpochLine(Callback):
+    """One line per epoch in the app's log and console, for runs without Lightning's progress bar (DVC)."""
+
+    KEYS = ("epoch/train_loss", "epoch/train_error", "epoch/test_error", TRAIN_MARGIN_ERROR)
+
+    def on_train_epoch_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        self._start = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        if not trainer.is_global_zero:
+            return
+        found = {k.split("/")[-1]: float(trainer.callback_metrics[k]) for k in self.KEYS if k in trainer.callback_metrics}
+        lr = trainer.optimizers[0].param_groups[0]["lr"]
+        log.info(f"epoch {trainer.current_epoch + 1}/{trainer.max_epochs}: "
+                 + " ".join(f"{k} {v:.4f}" for k, v in found.items())
+                 + f" lr {lr:.3g} ({time.perf_counter() - self._start:.1f} s)")
 
 
 class MarginStop(EarlyStopping):

@@ -6,6 +6,7 @@ and one file in conf/logger/ naming it as `_target_`.
 """
 from __future__ import annotations
 
+import json
 import os
 import sys
 from pathlib import Path
@@ -21,18 +22,123 @@ def csv(run_dir: Path, group: str, run_config: dict, name: str = "csv"):
     return CSVLogger(save_dir=str(run_dir), name=name)
 
 
+RUN_FILE = "wandb_run.json"  # the run dir's wandb run: id, project, entity, group, tags
+
+
+def _mode(mode: str | None) -> str | None:
+    if mode is None and not (os.environ.get("WANDB_MODE") or os.environ.get("WANDB_API_KEY")):
+        return "offline"  # nothing leaves the machine unless the user asks for it
+    return mode  # None: wandb follows WANDB_MODE / the key
+
+
+def tags(group: str, run_config: dict) -> list[str]:
+    model, dataset = run_config.get("model", {}), run_config.get("dataset", {})
+    return [group, f"profile={run_config.get('profile')}", f"model={model.get('name')}",
+            f"dataset={dataset.get('name')}"]
+
+
+def identity(id_file: Path, name: str, project: str, entity: str | None, group: str, tags: list[str]) -> dict:
+    """The wandb run whose id `id_file` keeps: made once, then continued by every app and every re-run.
+
+    A run dir's file makes src.run, src.bound and src.robustness one run: one row per model on a
+    dashboard, its config (m, depth, width) beside its bounds and certified accuracies.
+    """
+    if id_file.is_file():
+        return json.loads(id_file.read_text())
+    import uuid
+
+    ident = {"id": uuid.uuid4().hex[:12], "project": project, "entity": entity, "group": group, "tags": tags, "name": name}
+    id_file.parent.mkdir(parents=True, exist_ok=True)
+    id_file.write_text(json.dumps(ident, indent=2) + "\n")
+    return ident
+
+
 def wandb(run_dir: Path, group: str, run_config: dict, project: str, entity: str | None = None,
           mode: str | None = None):
     from lightning.pytorch.loggers import WandbLogger
 
-    if mode is None and not (os.environ.get("WANDB_MODE") or os.environ.get("WANDB_API_KEY")):
-        mode = "offline"  # nothing leaves the machine unless the user asks for it
-    kwargs = {"mode": mode} if mode is not None else {}  # None: wandb follows WANDB_MODE / the key
-    return WandbLogger(project=project, entity=entity, save_dir=str(run_dir), name=f"{group}/{run_dir.name}",
-                       group=group, config=run_config, **kwargs)
+    ident = identity(run_dir / RUN_FILE, f"{group}/{run_dir.name}", project, entity, group, tags(group, run_config))
+    mode = _mode(mode)
+    return WandbLogger(project=ident["project"], entity=ident["entity"], save_dir=str(run_dir), name=ident["name"],
+                       group=ident["group"], id=ident["id"], resume="allow", job_type="train", tags=ident["tags"],
+                       config=run_config, **({"mode": mode} if mode is not None else {}))
+
+
+class Results:
+    """What src.bound, src.robustness and src.plot give a wandb run: summary scalars, tables, images."""
+
+    def __init__(self, run):
+        self.run = run
+
+    def summary(self, prefix: str, flat: dict[str, float]) -> None:
+        self.run.summary.update({f"{prefix}/{k}": v for k, v in flat.items()})
+
+    def table(self, key: str, columns: list[str], rows: list[list]) -> None:
+        import wandb
+
+        self.run.log({key: wandb.Table(columns=columns, data=rows)})
+
+    def images(self, paths: dict[str, Path]) -> None:
+        import wandb
+
+        self.run.log({f"figures/{name}": wandb.Image(str(path)) for name, path in paths.items()})
+
+    def close(self) -> None:
+        self.run.finish()
+
+
+def open_run(ident: dict, directory: Path, job: str, config: dict, mode: str | None = None) -> Results:
+    """Continue (or start) the wandb run `ident` for `job`, its files under `directory`."""
+    import wandb as wandb_module
+
+    mode = _mode(mode)
+    run = wandb_module.init(project=ident["project"], entity=ident["entity"], dir=str(directory), id=ident["id"],
+                            name=ident["name"], group=ident["group"], resume="allow", job_type=job,
+                            tags=sorted({*ident["tags"], job}), config=config,
+                            **({"mode": mode} if mode is not None else {}))
+    return Results(run)
+
+
+def _wandb_results(run_dir: Path, group: str, run_config: dict, job: str, project: str,
+                   entity: str | None = None, mode: str | None = None) -> Results:
+    ident = identity(run_dir / RUN_FILE, f"{group}/{run_dir.name}", project, entity, group, tags(group, run_config))
+    return open_run(ident, run_dir, job, run_config, mode)
+
+
+# The logger factories that also take the other apps' results (the others: those apps log to files only)
+RESULTS = {"src.loggers.wandb": _wandb_results}
+
+
+def results(logger_cfg: dict, run_dir: Path, group: str, run_config: dict, job: str) -> Results | None:
+    """The run that `job` (bound, robustness, plot) logs its results into; None for a file-only logger or
+    WANDB_MODE=disabled."""
+    settings = dict(logger_cfg)
+    factory = RESULTS.get(settings.pop("_target_", None))
+    if factory is None or os.environ.get("WANDB_MODE") == "disabled":
+        return None
+    return factory(run_dir, group, run_config, job, **settings)
 
 
 def close(logger) -> None:
     """End the logger's run: each job of a multirun is its own wandb run."""
     if logger and type(logger).__name__ == "WandbLogger" and "wandb" in sys.modules:
         sys.modules["wandb"].finish()
+
+
+def report(cfg, run_dir: Path, job: str, flat: dict[str, float], tables: list[tuple[str, list[str], list[list]]]) -> None:
+    """Log the results of `job` (an app on a run dir, under Hydra) into the run dir's run of cfg.logger:
+    `flat` to the summary under `<job>/`, each (key, columns, rows) as a table."""
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import OmegaConf
+
+    group = HydraConfig.get().runtime.choices.get("experiment") or "default"
+    plain = OmegaConf.to_container(cfg, resolve=True)
+    out = results(plain["logger"], run_dir, group, plain, job)
+    if out is None:
+        return
+    try:
+        out.summary(job, flat)
+        for key, columns, rows in tables:
+            out.table(key, columns, rows)
+    finally:
+        out.close()

@@ -35,7 +35,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from .figures import FIGURES
+from .figures import FIGURES, series
 from .figures.report import assemble, draw
 from .figures.runs import filter_by_params, load_runs
 
@@ -51,6 +51,8 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--params", type=Path, help="keep only the runs of this params.yaml's grids (DVC)")
     parser.add_argument("--profile", help="keep only runs of this profile")
     parser.add_argument("--assemble", action="store_true", help="only write report.md from existing sections")
+    parser.add_argument("--no-wandb", action="store_true",
+                        help="do not log the figures to wandb (default: into the project of the runs' wandb runs)")
     return parser
 
 
@@ -73,15 +75,49 @@ def main(argv: list[str] | None = None) -> int:
     if args.profile:
         runs = [r for r in runs if r.profile == args.profile]
     names = args.figure or list(FIGURES)
+    drawn = []
     for name in names:
         res = draw(name, runs, args.out)
+        series.write(name, res.runs, args.out)
+        if res.ran:
+            drawn.append(res)
         verdicts = ", ".join(f"{t.verdict}" for t in res.trends)
         print(f"{name}: {'drawn from ' + str(len(res.runs)) + ' runs' if res.ran else 'not run'}"
               + (f" (trends: {verdicts})" if res.ran and verdicts else ""))
     if not args.figure:
         print(f"wrote {assemble(args.out)}")
+    if not args.no_wandb:
+        log_figures(drawn, args.out)
     return 0
 
 
-if __name__ == "__main__":
+def log_figures(drawn, out: Path) -> None:
+    """Each drawn figure as an image in a wandb run of its experiment's group (job_type plot), in the
+    project of its runs' wandb runs; nothing when none of them logged to wandb or WANDB_MODE=disabled."""
+    import json
+    import os
+
+    from . import loggers
+
+    if os.environ.get("WANDB_MODE") == "disabled":
+        return
+    for res in drawn:
+        files = [r.path / loggers.RUN_FILE for r in res.runs if (r.path / loggers.RUN_FILE).is_file()]
+        if not files:
+            continue
+        project = json.loads(files[0].read_text())
+        ident = loggers.identity(out / "figures" / f"{res.name}.{loggers.RUN_FILE}", f"{res.name}/figure",
+                                 project["project"], project["entity"], res.name, [res.name, "figure"])
+        run = loggers.open_run(ident, out, "plot", {"figure": res.name, "runs": sorted(str(r.path) for r in res.runs)})
+        try:
+            run.images({res.name: out / "figures" / f"{res.name}.png"})
+        finally:
+            run.close()
+
+
+def entry() -> None:
     sys.exit(main())
+
+
+if __name__ == "__main__":
+    entry()

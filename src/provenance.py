@@ -19,7 +19,9 @@ LOCK_FILE = ".lock"
 WHERE_NOT_WHAT = {
     "dataset": ("root", "download", "num_workers", "system_dir", "test_batch_size"),
     # devices and num_nodes are not among them: the processes' batches add up to one optimizer step
-    "trainer": ("accelerator", "strategy", "enable_progress_bar", "log_every_n_steps", "max_epochs"),
+    # limit_val_batches, check_val_every_n_epoch: the test error watched after each epoch (src/lit.py)
+    "trainer": ("accelerator", "strategy", "enable_progress_bar", "log_every_n_steps", "max_epochs",
+                "limit_val_batches", "check_val_every_n_epoch"),
 }
 # Set by Lightning's DDP launcher and by torchrun / Slurm in every process they start
 RANK_VARIABLES = ("RANK", "NODE_RANK", "LOCAL_RANK", "SLURM_PROCID")

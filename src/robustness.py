@@ -25,6 +25,7 @@ certify.bound, or `pgd` under robustness.methods=[certified]) are kept.
 """
 from __future__ import annotations
 
+import logging
 import json
 import time
 from pathlib import Path
@@ -32,10 +33,11 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from . import attack, certify
-from . import provenance
+from . import attack, certify, loggers, provenance, summary
 from .errors import SolverError
 from .evaluation import convergence, logits_of, pick_device, reset_convergence, warn_unconverged
+
+log = logging.getLogger(__name__)
 
 AUTO_BOUND = {"mon_fc": "theorem1", "mon_conv": "theorem1", "mon_multiconv": "theorem1",
               "dnn": "lipsdp_neuron", "cnn": "seqlip_greedy"}  # the paper's choice per family
@@ -64,7 +66,7 @@ def bounds_record(run_dir: Path, sha256: str, bound: str) -> dict | None:
     record = json.loads(path.read_text())
     origin = record.get("provenance", {}).get(bound, {})
     if origin.get("ckpt_sha256") != sha256:
-        print(f"{path} holds no {bound} of this checkpoint", flush=True)
+        log.info(f"{path} holds no {bound} of this checkpoint")
         return None
     return record
 
@@ -81,7 +83,7 @@ def lipschitz_constant(cfg: DictConfig, model, bound: str, sha256: str, run_dir:
         return record["upper"][bound], "bounds.json"
     from .bounds.registry import compute_bounds
 
-    print(f"{bound} not in a bounds.json of this checkpoint: computing it", flush=True)
+    log.info(f"{bound} not in a bounds.json of this checkpoint: computing it")
     record = compute_bounds(model, _bound_cfg(cfg, bound), test_x, None)
     value = record["upper"].get(bound)
     if value is None:
@@ -154,8 +156,8 @@ def evaluate(cfg: DictConfig, model, sha256: str, run_dir: Path, images: torch.T
                 curve = certify.certified_curve(logits, labels, value, eps, std, rule or "paper")
                 curve.update(bound=bound, source=source)
                 curves[f"{bound}/{curve['rule']}"] = curve
-                print(f"certified [{bound}/{curve['rule']}]: "
-                      + " ".join(f"{e:g}:{a:.3f}" for e, a in zip(eps, curve["accuracy"])), flush=True)
+                log.info(f"certified [{bound}/{curve['rule']}]: "
+                         + " ".join(f"{e:g}:{a:.3f}" for e, a in zip(eps, curve["accuracy"])))
         record["certified"] = next(iter(curves.values()))
         record["certified_curves"] = curves
         record["seconds"]["certified"] = time.perf_counter() - start + bound_seconds
@@ -174,7 +176,7 @@ def evaluate(cfg: DictConfig, model, sha256: str, run_dir: Path, images: torch.T
                          "abs_stepsize": None if p.abs_stepsize is None else float(p.abs_stepsize),
                          "random_start": bool(p.random_start)}
         record["seconds"]["pgd"] = time.perf_counter() - start
-        print("pgd: " + " ".join(f"{e:g}:{a:.3f}" for e, a in zip(eps, out["accuracy"])), flush=True)
+        log.info("pgd: " + " ".join(f"{e:g}:{a:.3f}" for e, a in zip(eps, out["accuracy"])))
         if curves:  # soundness: points certified at a PGD radius must survive the attack there
             checks = {}
             for name, curve in curves.items():
@@ -186,8 +188,8 @@ def evaluate(cfg: DictConfig, model, sha256: str, run_dir: Path, images: torch.T
                     flipped.append(int((cert & ~out["robust"][k]).sum()))
                 checks[name] = {"eps": eps, "certified": counted, "certified_but_attacked": flipped}
                 if any(flipped):
-                    print(f"WARNING: {name}: PGD fooled {sum(flipped)} certified points "
-                          f"(solver tolerance, or an unsound bound)", flush=True)
+                    log.warning(f"WARNING: {name}: PGD fooled {sum(flipped)} certified points "
+                                f"(solver tolerance, or an unsound bound)")
             record["checks"] = checks
     return record
 
@@ -207,7 +209,10 @@ def run(cfg: DictConfig) -> dict:
 
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     with provenance.locked(run_dir):
-        return robustness(cfg, run_dir, m_given="m" in given_keys())
+        record = robustness(cfg, run_dir, m_given="m" in given_keys())
+        loggers.report(cfg, run_dir, "robustness", {**summary.robustness(record, keep=list), **summary.seconds(record)},
+                       [("robustness/curves", ["curve", "eps", "accuracy"], summary.curves(record))])
+        return record
 
 
 def robustness(cfg: DictConfig, run_dir: Path, m_given: bool = True) -> dict:
@@ -235,7 +240,8 @@ def robustness(cfg: DictConfig, run_dir: Path, m_given: bool = True) -> dict:
     previous = json.loads(path.read_text()) if path.is_file() else None
     record = _merge(previous, record)
     path.write_text(json.dumps(record, indent=2))
-    print(f"wrote {path}", flush=True)
+    summary.write(run_dir, "robustness", summary.robustness(record))
+    log.info(f"wrote {path}")
     return record
 
 

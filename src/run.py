@@ -11,16 +11,19 @@ src/lit.py, checked after every epoch; `trainer.max_epochs` caps it).
 from __future__ import annotations
 
 import json
+import logging
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from . import loggers, provenance
+from . import loggers, provenance, summary
 from .cli import hydra_app
 from .evaluation import warn_unconverged
 from .errors import CheckpointError, ConfigError
+
+log = logging.getLogger(__name__)
 
 
 def resumable(path: Path, hparams: Mapping, explicit: bool = False) -> str | None:
@@ -100,8 +103,11 @@ def _train(cfg: DictConfig, run_dir: Path, group: str) -> dict:
     from hydra.utils import instantiate
 
     from .data import make_loaders, training_subset
-    from .lit import LitClassifier, MarginStop, TrainMarginError
+    from .lit import EpochLine, LitClassifier, MarginStop, TrainMarginError
 
+    # lightning gives its logger a console handler at import; the app's handlers (Hydra's job_logging:
+    # console and <app>.log) already show its lines
+    logging.getLogger("lightning").handlers.clear()
     protocol = dict(cfg.protocol)
     # The run dir also holds Hydra's and the loggers' files; Lightning warns about any such dir.
     warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
@@ -123,10 +129,12 @@ def _train(cfg: DictConfig, run_dir: Path, group: str) -> dict:
         if protocol["name"] == "margin":
             margin_check = TrainMarginError(loaders.train_eval, cfg.margin_gamma)
             callbacks += [margin_check, MarginStop(protocol["threshold"])]
+        if not cfg.trainer.get("enable_progress_bar", True):
+            callbacks.append(EpochLine())
         trainer = L.Trainer(**plain["trainer"], default_root_dir=str(run_dir), logger=logger,
                             callbacks=callbacks)
         # weights_only: our checkpoints hold only tensors and plain values, so torch's safe loader reads them
-        trainer.fit(lit, loaders.train, ckpt_path=resume, weights_only=True)
+        trainer.fit(lit, loaders.train, loaders.test, ckpt_path=resume, weights_only=True)
         # a full checkpoint (optimizer and loop states too), like last.ckpt
         trainer.save_checkpoint(str(run_dir / "model.ckpt"), weights_only=False)
         evaluated = [loaders.test, loaders.train_eval]
@@ -153,6 +161,7 @@ def _train(cfg: DictConfig, run_dir: Path, group: str) -> dict:
         loggers.close(logger)
     if trainer.is_global_zero:
         (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        summary.write(run_dir, "run", summary.training(metrics))
     return metrics
 
 
@@ -170,8 +179,8 @@ def main(cfg: DictConfig) -> None:
                           f"one multi-device run at a time (without -m), or hydra/launcher=submitit_slurm")
     metrics = train(cfg, Path(hc.runtime.output_dir), group)
     if provenance.rank_zero():
-            print(json.dumps({k: metrics[k] for k in ("m", "test_error", "train_error", "margin_error", "epochs",
-                                                  "protocol", "margin_error_reached", "reached") if k in metrics}))
+        log.info(json.dumps({k: metrics[k] for k in ("m", "test_error", "train_error", "margin_error", "epochs",
+                                                     "protocol", "margin_error_reached", "reached") if k in metrics}))
 
 
 if __name__ == "__main__":

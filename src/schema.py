@@ -192,6 +192,7 @@ RULES: dict[str, Rule] = {
     "trainer.limit_train_batches": LIMIT,
     "trainer.limit_test_batches": LIMIT,
     "trainer.limit_val_batches": LIMIT,
+    "trainer.num_sanity_val_steps": NONNEG_INT,
     # callbacks (Lightning checks their arguments)
     "callbacks.*._target_": text(),
     "callbacks.*.*": anything(),

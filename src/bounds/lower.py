@@ -36,6 +36,7 @@ import torch
 from torch import nn
 
 from ..mondeq.fc import FullyConnectedOperator
+from ..progress import ticking
 
 
 # --------------------------------------------------------------------------- sampling
@@ -249,7 +250,8 @@ def _single_thread():
 
 
 def _batched(fn, points: torch.Tensor, batch_size: int) -> torch.Tensor:
-    return torch.cat([fn(points[i:i + batch_size]) for i in range(0, len(points), batch_size)])
+    starts = range(0, len(points), batch_size)
+    return torch.cat([fn(points[i:i + batch_size]) for i in ticking(starts, len(starts), "lower bound")])
 
 
 def _clip(x, low, high):

@@ -7,6 +7,7 @@ and src.bench all call it).  A new bound is one function and one line in METHODS
 """
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections.abc import Callable
@@ -20,6 +21,8 @@ from ..mondeq.fc import FullyConnectedOperator
 from ..mondeq.networks import MonDEQNet
 from . import feedforward, lower, mondeq as mondeq_bounds
 from .lipsdp import lipsdp
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -125,6 +128,7 @@ def compute_bounds(model, cfg: DictConfig, test_x=None, test_y=None) -> dict:
     record: dict = {"upper": {}, "lower": {}, "details": {}, "seconds": {}, "solver": {}, "failed": {}}
     for name in names:
         method = METHODS[name]
+        log.info(f"{name:>16}: computing")  # an SDP or an ascent can take minutes
         start = time.perf_counter()
         result = method.compute(ctx)
         record["seconds"][name] = time.perf_counter() - start
@@ -136,6 +140,7 @@ def compute_bounds(model, cfg: DictConfig, test_x=None, test_y=None) -> dict:
             record["failed"][name] = result.get("status", "no value")
         else:
             record[method.kind][name] = value
-        print(f"{name:>16}: {value if not isinstance(value, list) else result.get('value')}"
-              f"  ({record['seconds'][name]:.1f} s)", flush=True)
+        solver = f", {result['sdp_report'].get('solver')}" if result.get("sdp_report") else ""
+        log.info(f"{name:>16}: {value if not isinstance(value, list) else result.get('value')}"
+                 f"  ({record['seconds'][name]:.1f} s{solver})")
     return record
