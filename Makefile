@@ -12,7 +12,7 @@ empty   :=
 space   := $(empty) $(empty)
 DEMO_RUNS := $(foreach m,$(DEMO_M),outputs/fig1b/dataset=mnist5k$(comma)m=$(m)$(comma)profile=smoke)
 
-.PHONY: demo test test-slow venv
+.PHONY: demo test test-slow venv gpu-check wheels
 
 venv: $(STAMP)
 
@@ -30,8 +30,16 @@ demo: $(STAMP)
 # batched complex inverses run 10-20x slower than single-threaded ones.
 TEST    := $(ENV) WANDB_MODE=disabled OMP_NUM_THREADS=1 $(PY) -m pytest -q
 test: $(STAMP)
-	$(TEST) -m "not slow"
+	$(TEST) -m "not slow and not cuda"
 
 # the tests marked slow (end-to-end app runs, conv monDEQs); CI runs both targets
 test-slow: $(STAMP)
-	$(TEST) -m slow
+	$(TEST) -m "slow and not cuda"
+
+# On a CUDA machine only (not CI): the CUDA tests and the monDEQ bench at batch 128 (.ci/gpu-check)
+gpu-check: $(STAMP)
+	PY=$(PY) .ci/gpu-check
+
+# hydra-core, omegaconf and antlr4 as wheels in .wheels/, for a GPU image that has torch but not them
+wheels: $(STAMP)
+	$(PY) -m pip download --no-deps -d .wheels hydra-core==1.3.8 omegaconf==2.3.1 antlr4-python3-runtime==4.9.3

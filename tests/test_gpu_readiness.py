@@ -1,0 +1,32 @@
+"""What of the GPU check the CPU can test: the CUDA checks' own code (run against the CPU), and no
+device fixed in the solver code."""
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_the_cuda_checks_pass_against_the_cpu():
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-m", "cuda", "-p", "no:cacheprovider",
+                           "tests/test_cuda.py"], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "GPU_CHECK_DEVICE": "cpu"})
+    assert proc.returncode == 0 and re.search(r"\b17 passed\b", proc.stdout), proc.stdout[-3000:]
+
+
+def test_no_device_is_fixed_in_the_operators_and_solvers():
+    # every tensor they make follows its input's or its weights' device
+    fixed = re.compile(r"\.cuda\(|\.cpu\(|device=[\"'](cpu|cuda)")
+    hits = [f"{path.relative_to(ROOT)}:{n}" for path in sorted((ROOT / "src" / "mondeq").glob("*.py"))
+            for n, line in enumerate(path.read_text().splitlines(), 1) if fixed.search(line)]
+    assert not hits, hits
+
+
+def test_the_gpu_check_is_one_prepared_command():
+    assert "gpu-check:" in (ROOT / "Makefile").read_text()
+    script = (ROOT / ".ci" / "gpu-check").read_text()
+    assert os.access(ROOT / ".ci" / "gpu-check", os.X_OK) and "-m cuda" in script and "bench.batch=128" in script
