@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import statistics
 import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -83,21 +84,69 @@ def time_bounds(model: torch.nn.Module, cfg, in_shape) -> dict:
             for name in cfg.bench.bounds}
 
 
+def compare_anderson(cfg, in_shape, m_given: bool = True) -> list[dict]:
+    """The trained model `cfg.ckpt` with each Anderson history size of `cfg.bench.anderson` (0: plain),
+    on the first `bench.images` test images: forward iterations and residuals, the share of converged
+    solves, test error and seconds of the whole pass, and a training step's time on one batch."""
+    from omegaconf import OmegaConf
+
+    from .checkpoints import load_model
+    from .data import load_splits, normalise
+    from .errors import ConfigError
+    from .progress import ticking
+
+    if not cfg.ckpt:
+        raise ConfigError("bench.anderson compares solves of a trained model: give ckpt=PATH (a model.ckpt)")
+    _, test = load_splits(cfg.dataset)
+    n = min(int(cfg.bench.images), len(test.labels))
+    x = normalise(test, cfg.dataset.mean, cfg.dataset.std)[:n]
+    y = test.labels[:n]
+    device = pick_device(cfg.bench.device)
+    batch = int(cfg.bench.batch)
+    rows = []
+    for size in cfg.bench.anderson:
+        setting = OmegaConf.merge(cfg, {"splitting": {"anderson": int(size)}})
+        splitting = OmegaConf.to_container(setting.splitting, resolve=True)
+        # the checkpoint's recorded model, m and dataset checked against the command line
+        model = load_model(setting, Path(cfg.ckpt).parent, m_given).model.to(device).eval()
+        model.reset_convergence()
+        iters, wrong = [], 0
+        _sync(device)
+        start = time.perf_counter()
+        with torch.no_grad():
+            for i in ticking(range(0, n, batch), -(-n // batch), f"anderson={size}"):
+                logits = model(x[i:i + batch].to(device))
+                wrong += int((logits.argmax(1).cpu() != y[i:i + batch]).sum())
+                iters.append(model.solver_stats()["fwd_iters"])
+        _sync(device)
+        seconds = time.perf_counter() - start
+        record = {"model": cfg.model.name, "ckpt": cfg.ckpt, "images": n, "batch": batch, "method": splitting["name"],
+                  "alpha": splitting["alpha"], "anderson": int(size), "fwd_iters": statistics.mean(iters),
+                  "test_error": wrong / n, "seconds": seconds, **model.convergence()["forward"]}
+        record.update({k: v for k, v in benchmark(model.train(), in_shape, batch, 1, device, cfg.seed, 0).items()
+                       if k in ("step_ms", "bwd_iters")})
+        rows.append(record)
+        print(format_line(record), flush=True)
+    return rows
+
+
 def format_line(record: dict) -> str:
     return json.dumps(record, sort_keys=False)
 
 
-def run(cfg) -> dict:
-    from .checkpoints import load_weights, read_checkpoint
+def run(cfg, m_given: bool = True) -> dict:
+    """m_given: m was set on the command line (a checkpoint without a recorded m needs it)."""
+    from .checkpoints import load_model
     from .models import build_model
 
     if cfg.bench.threads:
         torch.set_num_threads(int(cfg.bench.threads))
     torch.manual_seed(cfg.seed)
     in_shape = tuple(cfg.dataset.in_shape)
-    model = build_model(cfg.model, cfg.m, cfg.splitting, in_shape, cfg.dataset.num_classes)
-    if cfg.ckpt:
-        load_weights(model, read_checkpoint(cfg.ckpt))
+    if cfg.bench.anderson:
+        return {"anderson": compare_anderson(cfg, in_shape, m_given)}
+    model = (load_model(cfg, Path(cfg.ckpt).parent, m_given).model if cfg.ckpt
+             else build_model(cfg.model, cfg.m, cfg.splitting, in_shape, cfg.dataset.num_classes))
     if cfg.bench.bounds:
         record = {"model": cfg.model.name, "m": cfg.m, "threads": torch.get_num_threads(), "ckpt": cfg.ckpt,
                   "points": cfg.bench.batch}
@@ -115,10 +164,16 @@ def run(cfg) -> dict:
     return record
 
 
+def _app(cfg) -> dict:
+    from .cli import given_keys
+
+    return run(cfg, m_given="m" in given_keys())
+
+
 def main() -> None:
     from .cli import hydra_app
 
-    hydra_app("bench")(run)()
+    hydra_app("bench")(_app)()
 
 
 if __name__ == "__main__":

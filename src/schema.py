@@ -248,6 +248,9 @@ RULES: dict[str, Rule] = {
                          else _fail("auto, cpu or cuda[:N]")),
     "bench.threads": number(1, integer=True, null=True),
     "bench.bounds": listed(choice(*BOUND_METHODS), min_len=0, what="a list"),
+    "bench.anderson": listed(Rule(lambda v: int(v) if _is_count(v, lo=0) and v != 1
+                                  else _fail("0 (off) or a history size >= 2")), min_len=0, what="a list"),
+    "bench.images": POS_INT,
 }
 
 

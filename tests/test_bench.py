@@ -1,7 +1,9 @@
 """`python -m src.bench` on tiny models: what it records, never how fast."""
+import pytest
 import torch
 
 from src import bench
+from src.errors import CheckpointError
 from src.bounds import mondeq as mondeq_bounds
 from src.models import build_model
 
@@ -26,3 +28,31 @@ def test_bound_benchmark_reports_the_bound_apps_values(compose):
     assert record["theorem1"]["value"] == mondeq_bounds.theorem1(model)["value"]
     assert 0 < record["grad_norm"]["value"] <= record["theorem1"]["value"]
     assert record["grad_norm"]["seconds"] > 0 and record["grad_norm"]["failed"] is None
+
+
+def test_anderson_side_by_side_on_a_trained_model_and_real_test_images(compose, tmp_path, tiny):
+    from src.cli import validate
+    from src.evaluation import test_error
+    from src.lit import LitClassifier
+    from src.data import load_splits, normalise
+    from src.run import train
+
+    cfg = compose([*tiny, "logger=none", "splitting=pr"])
+    validate(cfg)
+    train(cfg, tmp_path)
+    ckpt = tmp_path / "model.ckpt"
+    args = ["dataset=synthetic", "splitting=pr", "bench.device=cpu", "bench.batch=50", "bench.images=100",
+            "bench.anderson=[0,5]", f"ckpt={ckpt}", "splitting.fwd_tol=1e-6", "splitting.fwd_max_iter=2000"]
+    with pytest.raises(CheckpointError, match=r"m: 20.0 given, 1.0 recorded|m: .*20"):
+        bench.run(compose(args, config_name="bench"))  # bench's own m=20: not the model's
+    bench_cfg = compose(args + ["m=1"], config_name="bench")
+    validate(bench_cfg)
+    plain, accelerated = bench.run(bench_cfg)["anderson"]
+    assert (plain["anderson"], accelerated["anderson"]) == (0, 5) and plain["images"] == 100
+    # the same equilibria (tolerance 1e-6), so the predictions of the model evaluated directly
+    model = LitClassifier.load_from_checkpoint(ckpt, weights_only=True, splitting=dict(bench_cfg.splitting)).model.eval()
+    _, test = load_splits(bench_cfg.dataset)
+    x = normalise(test, bench_cfg.dataset.mean, bench_cfg.dataset.std)[:100]
+    assert plain["test_error"] == accelerated["test_error"] == test_error(model, x, test.labels[:100])
+    assert plain["solves"] == accelerated["solves"] == 2 and plain["converged_fraction"] == 1.0
+    assert all(r["fwd_iters"] > 0 and r["worst_residual"] <= 1e-6 and r["step_ms"] > 0 for r in (plain, accelerated))
