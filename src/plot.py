@@ -6,6 +6,10 @@
     python -m src.plot --assemble              # outputs/report.md from the sections already written
     python -m src.plot --runs outputs/smoke --params params.yaml --figure fig4   # as dvc.yaml does
 
+Beside each figure, its data series as CSV files, outputs/series/<figure>/<curve>/<quantity>.csv
+(src/figures/series.py), for `dvc plots diff`; each drawn figure also goes to wandb as an image
+when its runs logged to wandb (--no-wandb: not).
+
 A run is a directory holding any of metrics.json (src.run), bounds.json (src.bound) and
 robustness.json (src.robustness); nothing else is read, except the dataset's shape from the
 run's saved Hydra config when the dataset is `synthetic` (1 channel: an MNIST stand-in,

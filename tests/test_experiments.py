@@ -1,15 +1,21 @@
-"""The figure overlays (conf/experiment/) and the DVC pipeline (dvc.yaml, params.yaml).
+"""The figure overlays (conf/experiment/) and the DVC pipeline (dvc.yaml, params.yaml, presets/).
 
 - every overlay composes with every app's config, validates and builds its models, with the
   variants its comment documents, and fixes the paper's hyperparameters;
-- dvc.yaml resolves (DVC's own parser) for both presets of params.yaml, and every stage's
+- params.yaml is plain YAML (no anchors: `dvc exp run -S` rewrites it) and exactly what
+  `python -m src.preset <its preset>` writes; the presets agree on their keys;
+- dvc.yaml resolves (DVC's own parser) for both presets, and every stage's
   command is a valid invocation of its app: Hydra composes and validates its overrides
   (src.plot's are parsed by its argument parser);
+- every result is a cached out, every stage's metrics are the apps' flat summary files, and
+  the top-level plots name the x of each figure's data series (src/figures/series.py); every
+  stage depends on the code its app imports;
 - a `slow` test runs the whole DAG on synthetic data in a temporary copy of the project and
   checks that a second `dvc repro` runs nothing.
 """
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import shutil
@@ -21,9 +27,11 @@ import pytest
 import torch
 import yaml
 from omegaconf import OmegaConf
+from test_layout import imports_of
 
-from src import plot
+from src import plot, preset, summary
 from src.cli import CONF_DIR, validate
+from src.figures import series
 from src.models import build_model
 
 ROOT = Path(CONF_DIR).parent
@@ -119,25 +127,31 @@ def test_overlays_fix_the_papers_hyperparameters(compose, experiment, expected):
 
 # --------------------------------------------------------------------------- the DVC pipeline
 
-def _params(preset: str) -> dict:
+def _params(name: str) -> dict:
+    return yaml.safe_load((ROOT / "presets" / f"{name}.yaml").read_text())
+
+
+def test_params_yaml_is_plain_and_what_src_preset_writes_for_its_preset():
     text = (ROOT / "params.yaml").read_text()
-    assert text.rstrip().splitlines()[-1] in ("<<: *smoke", "<<: *paper")
-    return yaml.safe_load(text)["presets"][preset]
+    assert preset.plain(text)
+    name = yaml.safe_load(text)["preset"]
+    assert preset.names() == ["paper", "smoke"]
+    assert text == preset.render(name), (
+        f"params.yaml is not presets/{name}.yaml: change the preset and run `python -m src.preset {name}` "
+        "(after `dvc exp run -S`: `git checkout params.yaml`, or that command)")
 
 
-def test_params_yaml_presets_agree_and_select_one_profile():
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    smoke, paper = params["presets"]["smoke"], params["presets"]["paper"]
-    assert params["profile"] in ("smoke", "paper")
-    assert {k: v for k, v in params.items() if k != "presets"} == params["presets"][params["profile"]]
+def test_the_presets_agree_and_hold_the_papers_grids():
+    smoke, paper = _params("smoke"), _params("paper")
+    assert (smoke["preset"], smoke["profile"], paper["preset"], paper["profile"]) == ("smoke", "smoke", "paper", "paper")
     assert smoke.keys() == paper.keys()
     for key in ("grids", "robust", "args", "bound_args", "robust_args", "data"):
         assert smoke[key].keys() == paper[key].keys(), key
-    for preset in (smoke, paper):
-        assert preset["grids"].keys() == preset["args"].keys() == preset["bound_args"].keys()
-        for family, grid in preset["robust"].items():  # robustness only on runs that are trained
-            for key, values in grid.items():
-                assert set(values) <= set(preset["grids"][family].get(key, values)), (family, key)
+    for values in (smoke, paper):
+        assert values["grids"].keys() == values["args"].keys() == values["bound_args"].keys()
+        for family, grid in values["robust"].items():  # robustness only on runs that are trained
+            for key, points in grid.items():
+                assert set(points) <= set(values["grids"][family].get(key, points)), (family, key)
     assert paper["data"] == {"mnist": "dataset=mnist", "cifar": "dataset=cifar10"}
     assert paper["grids"]["dnn"]["depth"] == list(range(3, 15))
     assert paper["grids"]["cifar_mon_conv"]["m"] == [0.1, 0.5, 1, 2, 10, 20]
@@ -156,8 +170,7 @@ def pipeline(request, tmp_path_factory):
     """(preset, stages) of dvc.yaml resolved with that preset of params.yaml, in a scratch project."""
     project = tmp_path_factory.mktemp(f"dvc_{request.param}")
     shutil.copy(ROOT / "dvc.yaml", project / "dvc.yaml")
-    text = (ROOT / "params.yaml").read_text().rstrip().splitlines()
-    (project / "params.yaml").write_text("\n".join(text[:-1] + [f"<<: *{request.param}"]) + "\n")
+    (project / "params.yaml").write_text(preset.render(request.param))
     subprocess.run([sys.executable, "-m", "dvc", "init", "--no-scm", "-q"], cwd=project, check=True,
                    env={**os.environ, "DVC_NO_ANALYTICS": "1"})
     return request.param, _stages(project)
@@ -207,23 +220,60 @@ def _one_per_group(stages):
 
 
 def test_every_stage_command_is_a_valid_app_invocation(pipeline):
-    preset, stages = pipeline
+    name, stages = pipeline
     for stage in stages:  # dvc.lock's YAML folds long lines and does not round-trip a double space
         assert "  " not in stage.cmd and stage.cmd == stage.cmd.strip(), stage.name
-    _check_commands(_one_per_group(stages), _params(preset))
+    _check_commands(_one_per_group(stages), _params(name))
     apps = {app for s in stages for app, _ in _app_calls(s.cmd)}
     assert apps == {"run", "bound", "robustness", "plot"}
 
 
+def _sources(app: str) -> set[str]:
+    """The files of the src modules `python -m <app>` imports, directly or not (lazy imports too)."""
+    found, seen, todo = set(), set(), [app]
+    while todo:
+        name = todo.pop()
+        base = ROOT / name.replace(".", "/")
+        path = next((p for p in (base.with_suffix(".py"), base / "__init__.py") if p.is_file()), None)
+        if path is None or name in seen:  # a name imported from a module, not a module
+            continue
+        seen.add(name)
+        found.add(path.relative_to(ROOT).as_posix())
+        todo += imports_of(path)
+    return found - {"src/__init__.py"}  # the package's docstring
+
+
+def test_every_stage_depends_on_the_code_its_app_runs(pipeline):
+    _, stages = pipeline
+    for stage in _one_per_group(stages):  # so a change of that code re-runs the stage
+        deps = [str(d.def_path) for d in stage.deps]
+        for app, _ in _app_calls(stage.cmd):
+            missing = sorted(f for f in _sources(f"src.{app}") if not any(f == d or f.startswith(d + "/") for d in deps))
+            assert not missing, (stage.name, missing)
+    assert {"src/summary.py", "src/figures/series.py", "src/loggers.py"} <= _sources("src.plot")
+
+
 @pytest.mark.slow
 def test_every_stage_of_every_grid_value_composes(pipeline):
-    preset, stages = pipeline
-    _check_commands(stages, _params(preset))
+    name, stages = pipeline
+    _check_commands(stages, _params(name))
+
+
+# What each app leaves in its run dir, as outs (the rich JSON files and Hydra's saved config, .hydra/<app
+# name>/), beside its flat summary, the stage's only metrics file; .dvcignore hides the rest (lock, logs).
+RUN_DIR_OUTS = {"train": ("model.ckpt", "last.ckpt", "metrics.json", ".hydra/run"),
+                "bound": ("bounds.json", ".hydra/bound"),
+                "robustness": ("bounds.json", "robustness.json", ".hydra/robustness")}
+SUMMARY_OF = {"train": "run", "bound": "bound", "robustness": "robustness"}
+
+
+def _run_dir(stage) -> str:
+    return next(w.split("=", 1)[1] for w in shlex.split(stage.cmd) if w.startswith("hydra.run.dir="))
 
 
 def test_stage_graph_outputs_metrics_and_plots(pipeline):
-    preset, stages = pipeline
-    params = _params(preset)
+    name, stages = pipeline
+    params = _params(name)
     by_name = {s.name: s for s in stages}
     n_runs = 0
     for family, grid in params["grids"].items():
@@ -237,15 +287,17 @@ def test_stage_graph_outputs_metrics_and_plots(pipeline):
     assert sum(s.name.startswith("train_") for s in stages) == n_runs
     for stage in stages:
         outs = {str(o.def_path): o for o in stage.outs}
-        if stage.name.startswith("train_"):
-            assert any(p.endswith("/model.ckpt") and o.use_cache for p, o in outs.items())
-            metrics = [p for p, o in outs.items() if o.metric]
-            assert len(metrics) == 1 and metrics[0].endswith("/metrics.json")
-        if stage.name.startswith("bound_"):
-            assert [p for p, o in outs.items() if o.metric][0].endswith("/bounds.json")
+        assert all(o.use_cache for o in outs.values()), stage.name  # every result versioned by DVC
+        app = stage.name.split("_")[0]
+        if app in RUN_DIR_OUTS:
+            run_dir = _run_dir(stage)
+            assert [p for p, o in outs.items() if o.metric] == [f"{run_dir}/{summary.FILE.format(app=SUMMARY_OF[app])}"]
+            assert sorted(p for p, o in outs.items() if not o.metric) == sorted(f"{run_dir}/{f}" for f in RUN_DIR_OUTS[app])
+        else:
+            assert not any(o.metric for o in outs.values()), stage.name
+        if app == "bound":
             assert any(str(d.def_path).endswith("/model.ckpt") for d in stage.deps)
-        if stage.name.startswith("robustness_"):
-            assert any(p.endswith("/robustness.json") for p in outs)
+        if app == "robustness":
             assert any(str(d.def_path).endswith("/bounds.json") for d in stage.deps)
         for dep in stage.deps:  # code and config deps exist; the rest are upstream outputs
             path = str(dep.def_path)
@@ -254,10 +306,18 @@ def test_stage_graph_outputs_metrics_and_plots(pipeline):
     plots = sorted(n.split("@", 1)[1] for n in by_name if n.startswith("plot@"))
     assert plots == sorted(plot.FIGURES)
     for fig in plots:
-        outs = {str(o.def_path): o for o in by_name[f"plot@{fig}"].outs}
-        assert outs[f"outputs/figures/{fig}.png"].plot
-        assert f"outputs/figures/{fig}.md" in outs
+        outs = {str(o.def_path): o.plot for o in by_name[f"plot@{fig}"].outs}
+        assert outs == {f"outputs/figures/{fig}.png": True, f"outputs/figures/{fig}.md": False,
+                        f"outputs/series/{fig}": False}
     assert {str(d.def_path) for d in by_name["report"].deps} >= {f"outputs/figures/{f}.md" for f in plots}
+    assert [str(o.def_path) for o in by_name["report"].outs] == ["outputs/report.md"]
+
+
+def test_top_level_plots_name_the_x_of_each_figures_data_series():
+    entries = yaml.safe_load((ROOT / "dvc.yaml").read_text())["plots"]
+    assert {path: props for entry in entries for path, props in entry.items()} == {
+        f"outputs/series/{fig}": {"x": x, "template": "simple"} for fig, x in series.X.items()}
+    assert set(series.X) <= set(plot.FIGURES)
 
 
 # --------------------------------------------------------------------------- the whole DAG, once
@@ -294,7 +354,7 @@ TINY_PARAMS["bound_args"] = {f: f"'bound.methods={m}' bound.lower_points=16 boun
 
 def test_tiny_params_cover_every_key_dvc_yaml_reads():
     smoke = _params("smoke")
-    assert TINY_PARAMS.keys() == smoke.keys()
+    assert TINY_PARAMS.keys() | {"preset"} == smoke.keys()  # `preset` names a presets/ file, read by no stage
     for key in ("data", "grids", "robust", "args", "bound_args", "robust_args"):
         assert TINY_PARAMS[key].keys() == smoke[key].keys(), key
 
@@ -318,7 +378,7 @@ def test_the_whole_dag_runs_on_synthetic_data_and_a_second_repro_is_a_no_op(tmp_
     project.mkdir()
     for name in ("src", "conf"):
         shutil.copytree(ROOT / name, project / name, ignore=shutil.ignore_patterns("__pycache__"))
-    for name in ("dvc.yaml", ".dvcignore"):
+    for name in ("dvc.yaml", ".dvcignore", ".gitignore"):
         shutil.copy(ROOT / name, project / name)
     (project / "params.yaml").write_text(yaml.safe_dump(TINY_PARAMS))
     subprocess.run(["git", "init", "-q"], cwd=project, check=True)
@@ -335,8 +395,14 @@ def test_the_whole_dag_runs_on_synthetic_data_and_a_second_repro_is_a_no_op(tmp_
     assert second.returncode == 0
     assert "Running stage" not in second.stdout, second.stdout
     assert _dvc(project, "status").stdout.strip().endswith("Data and pipelines are up to date.")
-    metrics = _dvc(project, "metrics", "show")
-    assert metrics.returncode == 0 and "test_error" in metrics.stdout and "upper.theorem1" in metrics.stdout
+    metrics = json.loads(_dvc(project, "metrics", "show", "--json").stdout)[""]["data"]
+    assert len(metrics) == sum(len(s.metrics) for s in _stages(project))  # every stage's summary,
+    assert all("data" in m for m in metrics.values())  # each of them read
+    assert all(isinstance(v, (int, float)) for m in metrics.values() for v in m["data"].values())  # flat numbers
+    assert "upper/theorem1" in metrics["outputs/tiny/mon_fc/h40_m20/summary_bound.json"]["data"]
+    drawn = json.loads(_dvc(project, "plots", "show", "--json").stdout)["data"]
+    assert {path.split("/")[2] for path, plots in drawn.items() if path.startswith("outputs/series/") and plots} \
+        == set(series.X)  # every figure with series has curves, each a plot
     # one grid value more: only its branch and the figures reading its family are out of date
     params = yaml.safe_load((project / "params.yaml").read_text())
     params["grids"]["dnn"]["depth"].append(5)
