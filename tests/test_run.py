@@ -76,13 +76,17 @@ def test_bad_overrides_fail_before_any_work_naming_the_culprit(run_app, tmp_path
 @pytest.mark.slow
 def test_hydra_run_dir_is_accepted_and_a_finished_run_only_reevaluates(run_app, tmp_path, tiny):
     run_dir = tmp_path / "mine"
-    for _ in range(2):
-        proc = run_app("run", *tiny, "logger=csv", "trainer.log_every_n_steps=1", f"hydra.run.dir={run_dir}")
-        assert proc.returncode == 0, proc.stderr[-3000:]
+    procs = [run_app("run", *tiny, "logger=csv", "trainer.log_every_n_steps=1", f"hydra.run.dir={run_dir}")
+             for _ in range(2)]
+    assert all(proc.returncode == 0 for proc in procs), procs[-1].stderr[-3000:]
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["epochs"] == 1
     assert csv_epochs(run_dir) == {"version_0": {0}, "version_1": set()}  # nothing retrained
     assert not (tmp_path / "outputs").exists()
+    # the console's lines are in run.log too: the epoch line (no progress bar) and the result
+    log = (run_dir / "run.log").read_text()
+    for line in ("epoch 1/1: train_loss", json.dumps({"m": 1.0, "test_error": metrics["test_error"]})[:-1]):
+        assert line in procs[0].stdout and line in log, (line, procs[0].stdout[-2000:])
 
 
 def test_resume_after_interruption_continues_where_it_stopped(compose, tmp_path, tiny):
