@@ -101,6 +101,14 @@ def certified_at(logits, labels, lipschitz, eps_norm: float, rule: str) -> torch
     return certified(logits, labels, lipschitz, eps_norm, rule)
 
 
+def curve_certified(curve: dict, logits, labels, eps_norm: float) -> torch.Tensor:
+    """Boolean (N,): the points a curve of robustness.json certifies at normalised radius eps_norm;
+    a `local` curve by its per-input radii (certified where eps < radius), the others by their L."""
+    if curve["rule"] == "local":
+        return torch.tensor(curve["radii_normalised"], dtype=torch.float64) > float(eps_norm)
+    return certified_at(logits, labels, curve["lipschitz"], eps_norm, curve["rule"])
+
+
 def certified_curve(logits: torch.Tensor, labels: torch.Tensor, lipschitz, eps: Sequence[float],
                     std: Sequence[float], rule: str = "paper") -> dict:
     """Certified accuracy over pixel-unit radii `eps`.

@@ -236,7 +236,12 @@ RULES: dict[str, Rule] = {
     "robustness.pgd.abs_stepsize": number(0, lo_open=True, null=True),
     "robustness.pgd.random_start": boolean(),
     "robustness.grids.*.*": listed(EPS, what="a list of radii"),
-    "certify.bound": listed(choice("auto", *BOUND_METHODS), what="auto, a bound method or a list of them"),
+    "certify.bound": listed(choice("auto", *BOUND_METHODS, "local"), what="auto, a bound method, local, or a list of them"),
+    "certify.local.method": choice("vertex", "monotone"),
+    # 2^n vertex solves per input: at 14 one input's batch of solves is ~120 MB
+    "certify.local.max_unstable": number(0, 14, integer=True),
+    "certify.local.refine": NONNEG_INT,
+    "certify.local.steps": POS_INT,
     "certify.rule": listed(choice("paper", "tight"), what="a list"),
     "certify.lipschitz": anything(),  # checked in _cross: a number > 0 or a classes x classes matrix
     "certify.eps": listed(EPS, null=True, what="null (the dataset's grid) or a list of radii"),
@@ -248,6 +253,8 @@ RULES: dict[str, Rule] = {
                          else _fail("auto, cpu or cuda[:N]")),
     "bench.threads": number(1, integer=True, null=True),
     "bench.bounds": listed(choice(*BOUND_METHODS), min_len=0, what="a list"),
+    "bench.local": listed(choice("vertex", "monotone"), min_len=0, what="a list"),
+    "bench.local_eps": listed(EPS, what="a list of radii"),
     "bench.anderson": listed(Rule(lambda v: int(v) if _is_count(v, lo=0) and v != 1
                                   else _fail("0 (off) or a history size >= 2")), min_len=0, what="a list"),
     "bench.images": POS_INT,

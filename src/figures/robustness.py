@@ -10,7 +10,9 @@ from .runs import Run, by_key, by_size, cnn_key, one_group, pick
 
 
 def _curve(run: Run, which: str):
-    rec = (run.robustness or {}).get(which) or {}
+    """(eps, accuracy) of robustness.json's `which` (certified, pgd), or of a certified_curves entry."""
+    rob = run.robustness or {}
+    rec = rob.get(which) or (rob.get("certified_curves") or {}).get(which) or {}
     eps, acc = rec.get("eps"), rec.get("accuracy")
     if not eps or not acc:
         return None
@@ -26,6 +28,9 @@ def _acc_at(curve, eps: float):
     return None
 
 
+LOCAL = "local/local"  # the certified_curves entry of certify.bound=local: per-input radii
+
+
 def _lipschitz(run: Run):
     L = ((run.robustness or {}).get("certified") or {}).get("lipschitz")
     return float(L) if isinstance(L, (int, float)) else None
@@ -35,9 +40,11 @@ def _robust_figure(res: Result, entries, runs: list[Run]):
     """Both panels of a robustness figure; entries: [(label, run, style)]: certified in (a), PGD in (b)."""
     fig, (ax, bx) = canvas.new_figure(2, res.title)
     for label, run, style in entries:
-        cert, pgd = _curve(run, "certified"), _curve(run, "pgd")
+        cert, pgd, near = _curve(run, "certified"), _curve(run, "pgd"), _curve(run, LOCAL)
         if cert:
             ax.plot(*cert, style, label=f"{label}, L={fmt(_lipschitz(run))}", markersize=3)
+        if near and (run.robustness or {}).get("certified", {}).get("rule") != "local":
+            ax.plot(*near, style[:-1] + "^", label=f"{label}, local radii", markersize=3)
         if pgd:
             bx.plot(*pgd, style, label=label, markersize=3)
     ax.set(xlabel="l2 radius eps (pixels in [0, 1])", ylabel="certified accuracy", title="(a) certified")
@@ -69,6 +76,11 @@ def fig4(runs: list[Run]) -> Result:
                         fmt(PAPER["cert_at_0.2"]["dnn_best"], True),
                         fmt(cert[best_d] if best_d is not None else None, True),
                         run=dnn.get(best_d), source="section 5.3"))
+    local_m20 = _acc_at(_curve(m20, LOCAL), 0.2) if m20 else None
+    pair_m20 = _acc_at(_curve(m20, "sdp_pairwise/pairwise"), 0.2) if m20 else None
+    res.rows.append(Row("certified accuracy at eps = 0.2, monDEQ m = 20, local radii (class-pair SDP: "
+                        f"{fmt(pair_m20, True)})", "—", fmt(local_m20, True), run=m20 if local_m20 is not None else None,
+                        source="not in the paper (certify.bound=local)"))
     for d, value in PAPER["dnn_lipsdp"].items():
         run = dnn.get(d)
         res.rows.append(Row(f"L of DNN d = {d} (LipSDP-Neuron)", fmt(value), fmt(_lipschitz(run) if run else None),

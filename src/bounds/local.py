@@ -1,0 +1,384 @@
+"""Per-input certified l2 radii of monDEQ classifiers: local Lipschitz bounds over a ball.
+
+Notation of src/bounds/mondeq.py: z = relu(v), v = W z + u, u = U x + b, logits
+f = C^T z + b_out (C: the read-out pulled back to z, `readout_rows`).  Around a
+centre x0 with equilibrium z0, v0, every x of the ball B(x0, eps) has
+
+    dz = D (W dz + U dx),   D = diag(d),   d_i = (relu(v_i) - relu(v0_i)) / (v_i - v0_i) in [0, 1]
+
+(the secant slopes), so dz = (I - D W)^-1 D U dx (I - D W is invertible for
+every D in [0, 1]^h: I - W is strongly monotone).  A neuron is *stable* on the
+ball when v_i keeps the sign of v0_i there: its slope is then exactly 1 or 0.
+
+Vertex bound (`vertex`).  Any linear output o = c^T z + e^T u (a pre-activation
+v_i, a margin f_y - f_j) changes by phi(d) = (c^T (I - D W)^-1 D + e^T) U dx.
+By Sherman-Morrison phi is linear-fractional in each d_i with the others fixed,
+without a pole in [0, 1], hence monotone in each coordinate: its extremes over
+a box of slopes are attained at a vertex.  So the largest change over the ball
+and the box is eps * max over the 2^n vertices of ||grad o|| (n unstable
+neurons): the exact local Lipschitz constant of o over that slope box.  The
+stable neurons are eliminated once per point (Schur complement), leaving one
+n x n solve per vertex.
+
+Monotone bound (`monotone`, the cheaper comparison).  With the provably
+inactive neurons removed, the system stays monotone with the same m, so
+||dz|| <= ||U_K|| eps / m (K: the other neurons) and |dv_i| <= (||W_iK|| ||U_K||
+/ m + ||U_i||) eps; margins move by at most ||c_K|| ||U_K|| eps / m.
+
+Why a guessed stable set is sound (both bounds).  Take S, claimed stable, and
+bounds rho_i with eps * rho_i < |v0_i| for i in S, where rho_i bounds ||grad v_i||
+over every slope box with S's slopes fixed.  If some neuron of S changed sign
+on a ray x0 + t dx, take the first such t: before it, every secant slope lies
+in the box, so |v_i - v0_i| <= t eps rho_i < |v0_i| for all of S: no sign
+change, a contradiction.  The stable set is found from above: start with every
+neuron stable and drop those that fail until none does (the largest such set).
+The unstable neurons' slopes are then narrowed soundly: with |v_i - v0_i| <= r_i,
+a neuron active at x0 has slope >= v0_i / r_i, one inactive at x0 slope <=
+1 - |v0_i| / r_i; each narrowing uses bounds already proved.
+
+A point is certified at eps when every margin f_y - f_j exceeds eps times
+min(its local constant, the global class-pair constant); its certified radius
+is found by bisection between the global radius and the radius of the centre's
+affine piece (an upper limit: the local constant is never below the centre's
+gradient norm).  All of it runs in float64 on an equilibrium recomputed exactly
+(the centre's activation pattern solved as a linear system and verified).
+"""
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import dataclass
+
+import torch
+
+from ..errors import ConfigError
+from .mondeq import readout_rows
+
+BALL_METHODS = ("vertex", "monotone")
+# Dense (h x h) per-point solves: beyond this state size the method is refused (a
+# width-40 FC net has 40; the paper's conv nets 16 * 30 * 30 and more).
+MAX_STATE = 1024
+# Vertex enumerations are chunked so that one batch of solves stays near this many bytes.
+CHUNK_BYTES = 1 << 26
+NEWTON_STEPS = 20  # pattern updates of the exact equilibrium (converges in 1-3 from the solver's state)
+
+
+@dataclass
+class DenseMonDEQ:
+    """The dense float64 pieces of a monDEQ classifier, on the flattened input it is given."""
+    W: torch.Tensor      # (h, h)
+    U: torch.Tensor      # (h, d): the input injection, the network's own padding included
+    b: torch.Tensor      # (h,)
+    C: torch.Tensor      # (h, classes): W_out R pulled back to z
+    b_out: torch.Tensor  # (classes,)
+    G: torch.Tensor      # U U^T
+    m: float
+
+
+def check_applies(net) -> None:
+    """ConfigError unless `net` is a monDEQ whose state is small enough for dense per-input solves."""
+    op = getattr(getattr(net, "mon", None), "operator", None)
+    if op is None:
+        raise ConfigError(f"certify.bound=local: allowed for monDEQs only, got {type(net).__name__}")
+    size = int(_live(op).sum())
+    if size > MAX_STATE:
+        raise ConfigError(f"certify.bound=local: the state size {size} of {type(op).__name__} needs dense "
+                          f"per-input solves of that size; allowed: state sizes <= {MAX_STATE} "
+                          f"(theorem1_pooled certifies larger conv monDEQs)")
+
+
+def _live(op) -> torch.Tensor:
+    """The units whose ReLU may be non-zero (conv operators zero their image borders: `active_mask`)."""
+    mask = op.active_mask
+    return torch.ones(op.state_size, dtype=torch.bool) if mask is None else mask.detach().cpu() > 0
+
+
+def dense_mondeq(net, in_shape) -> DenseMonDEQ:
+    """float64 W, U, b, C of `net` for inputs of shape in_shape (before the network's own padding).
+
+    U and b are read off input_term(prepare(.)) at zero and the unit vectors, so a padding is included.
+    Units that are zero whatever the input (masked borders) are left out: they feed nothing, and a
+    principal submatrix of W keeps I - W >= m I.
+    """
+    check_applies(net)
+    op = net.mon.operator
+    net64 = copy.deepcopy(net).cpu().double()
+    op64 = net64.mon.operator
+    d = math.prod(in_shape)
+    with torch.no_grad():
+        W = op64.dense_matrix()
+        b = op64.input_term(net64.prepare(torch.zeros(1, *in_shape, dtype=torch.float64))).flatten(1)[0]
+        unit = torch.eye(d, dtype=torch.float64).view(d, *in_shape)
+        U = (op64.input_term(net64.prepare(unit)).flatten(1) - b).T
+    live = _live(op)
+    W, U, b = W[live][:, live], U[live], b[live]
+    return DenseMonDEQ(W=W, U=U, b=b, C=readout_rows(net)[live], b_out=net.Wout.bias.detach().cpu().double(),
+                       G=U @ U.T, m=float(op.m))
+
+
+def equilibrium(dm: DenseMonDEQ, x: torch.Tensor, z_start: torch.Tensor | None = None):
+    """(z, v, ok): the exact fixed point z = relu(W z + U x + b) of each row of x (N, d).
+
+    Semi-smooth Newton: solve the linear system of an activation pattern, take the
+    pattern of the result, until it repeats; `ok` is False where it did not (such
+    inputs get radius 0).  The pattern starts from z_start (the network's own solve).
+    """
+    u = x.double() @ dm.U.T + dm.b
+    h = dm.W.shape[0]
+    eye = torch.eye(h, dtype=torch.float64)
+    active = (u > 0) if z_start is None else (z_start.double() @ dm.W.T + u > 0)
+    for _ in range(NEWTON_STEPS):
+        a = active.double()
+        z = torch.linalg.solve(eye - dm.W * a[:, :, None] * a[:, None, :], (a * u).unsqueeze(-1)).squeeze(-1)
+        v = z @ dm.W.T + u
+        new = v > 0
+        if torch.equal(new, active):
+            break
+        active = new
+    # z solves z_S = W_S z + u_S = v_S with z = 0 elsewhere: the fixed point iff v > 0 exactly on S
+    return z, v, ((v > 0) == active).all(1)
+
+
+# --------------------------------------------------------------------------- sups over a box of slopes
+
+def _outputs(dm: DenseMonDEQ, labels: torch.Tensor):
+    """(c, e) of every output o = c^T z + e^T u: the h pre-activations, then f_y - f_j for each class j."""
+    n, h = len(labels), dm.W.shape[0]
+    classes = dm.C.shape[1]
+    margin_c = dm.C[:, labels].T.unsqueeze(-1) - dm.C.unsqueeze(0)                  # (N, h, classes)
+    c = torch.cat([dm.W.T.expand(n, h, h), margin_c], dim=2)
+    e = torch.cat([torch.eye(h, dtype=torch.float64), torch.zeros(h, classes, dtype=torch.float64)], dim=1)
+    return c, e
+
+
+def _vertex_sup(dm: DenseMonDEQ, active, unstable, lo, hi, c, e):
+    """max over the slope box's vertices of ||grad o|| (N, q) for every output; all points have the same n.
+
+    active (N, h): stable and active at the centre; unstable (N, n): indices; lo, hi (N, n): slope box.
+    z_A = (I - W_AA)^-1 (u_A + W_AN z_N) on the stable active set A; eliminating it,
+    z_N = (D C + I - D)^-1 D T u with C = I - (W + W A^-1 W)_NN and T = rows N of I + W A^-1,
+    so grad o = U^T (r0 + T^T w), r0 = A^-T c + e, w = D (C^T D + I - D)^-T phi, phi = V^T c.
+    """
+    N, h = active.shape
+    n = unstable.shape[1]
+    eye = torch.eye(h, dtype=torch.float64)
+    a = active.double()
+    mask = a[:, :, None] * a[:, None, :]
+    Ainv = torch.linalg.inv(eye - dm.W * mask) * mask                               # (N, h, h)
+    r0 = Ainv.transpose(1, 2) @ c + e                                               # (N, h, q)
+    b0 = (r0 * (dm.G @ r0)).sum(1)                                                  # (N, q)
+    if n == 0:
+        return b0.clamp_min(0).sqrt()
+    sel = torch.nn.functional.one_hot(unstable, h).double().transpose(1, 2)         # (N, h, n)
+    WA = dm.W @ Ainv
+    V = sel + Ainv @ dm.W @ sel                                                     # (N, h, n)
+    T = sel.transpose(1, 2) @ (eye + WA)                                            # (N, n, h)
+    Cm = torch.eye(n, dtype=torch.float64) - sel.transpose(1, 2) @ (dm.W + WA @ dm.W) @ sel
+    phi = V.transpose(1, 2) @ c                                                     # (N, n, q)
+    TG = T @ dm.G
+    Q = TG @ T.transpose(1, 2)                                                      # (N, n, n)
+    lin = TG @ r0                                                                   # (N, n, q)
+    bits = ((torch.arange(2 ** n)[:, None] >> torch.arange(n)) & 1).double()       # (P, n)
+    D = lo[:, None] + bits * (hi - lo)[:, None]                                     # (N, P, n)
+    M = Cm.transpose(1, 2)[:, None] * D[:, :, None, :] + torch.diag_embed(1 - D)    # C^T D + I - D
+    w = D.unsqueeze(-1) * torch.linalg.solve(M, phi[:, None].expand(-1, D.shape[1], -1, -1))
+    sq = b0[:, None] + 2 * (w * lin[:, None]).sum(2) + (w * (Q[:, None] @ w)).sum(2)  # (N, P, q)
+    return sq.amax(1).clamp_min(0).sqrt()
+
+
+def _monotone_sup(dm: DenseMonDEQ, keep, c, e):
+    """Theorem 1 on the neurons `keep` (N, h; the others provably inactive): bounds of ||grad o|| (N, q)."""
+    k = keep.double()
+    u_norm = torch.linalg.eigvalsh(dm.G * k[:, :, None] * k[:, None, :])[:, -1].clamp_min(0).sqrt()
+    e_norm = (e * (dm.G @ e)).sum(0).clamp_min(0).sqrt()                            # (q,): ||U^T e||
+    return ((c * k[:, :, None]).norm(dim=1) * u_norm[:, None] / dm.m + e_norm)
+
+
+def _by_count(unstable_mask):
+    """(rows, indices (len(rows), n)) of the points with n unstable neurons, for each n present."""
+    counts = unstable_mask.sum(1)
+    for n in counts.unique().tolist():
+        rows = (counts == n).nonzero().squeeze(1)
+        idx = torch.argsort((~unstable_mask[rows]).to(torch.int8), dim=1, stable=True)[:, :n]
+        yield rows, idx
+
+
+def box_sup(dm: DenseMonDEQ, method: str, v0, stable, lo, hi, c, e) -> torch.Tensor:
+    """(N, q) bounds of ||grad o|| over the slope box: stable neurons fixed, the others in [lo, hi].
+
+    Arguments are per point (N, h); lo and hi are read at the unstable neurons.
+    """
+    if method == "monotone":
+        return _monotone_sup(dm, ~(stable & (v0 <= 0)), c, e)
+    out = torch.empty(c.shape[0], c.shape[2], dtype=torch.float64)
+    active = stable & (v0 > 0)
+    for rows, idx in _by_count(~stable):
+        n = idx.shape[1]
+        per_point = (2 ** n) * max(n, 1) * (c.shape[2] + n) * 8
+        step = max(1, CHUNK_BYTES // per_point)
+        for s in range(0, len(rows), step):
+            r, i = rows[s:s + step], idx[s:s + step]
+            out[r] = _vertex_sup(dm, active[r], i, lo[r].gather(1, i), hi[r].gather(1, i), c[r], e)
+    return out
+
+
+# --------------------------------------------------------------------------- certificates at a radius
+
+@dataclass
+class Centres:
+    """What the certificates need of each input: its exact equilibrium and the margins there."""
+    v0: torch.Tensor       # (N, h) pre-activations
+    gaps: torch.Tensor     # (N, classes): f_y - f_j (0 at j = y)
+    ok: torch.Tensor       # (N,) the exact equilibrium was found
+    c: torch.Tensor        # (N, h, q), e (h, q): the outputs (`_outputs`)
+    e: torch.Tensor
+    pair: torch.Tensor     # (N, classes): the global constant of f_y - f_j (inf where none is known)
+    own: torch.Tensor      # (N, classes): j = y, where no margin is asked for
+
+
+def centres(dm: DenseMonDEQ, x: torch.Tensor, labels: torch.Tensor, pair: torch.Tensor,
+            z_start: torch.Tensor | None = None) -> Centres:
+    """pair: the (classes, classes) global constants L_ij of f_i - f_j (inf where none is known)."""
+    z, v, ok = equilibrium(dm, x, z_start)
+    logits = z @ dm.C + dm.b_out
+    gaps = logits.gather(1, labels.view(-1, 1)) - logits
+    c, e = _outputs(dm, labels)
+    own = torch.nn.functional.one_hot(labels, dm.C.shape[1]).bool()
+    return Centres(v0=v, gaps=gaps, ok=ok, c=c, e=e, pair=pair[labels], own=own)
+
+
+def _certifies(gaps, constants, eps, own) -> torch.Tensor:
+    """f_y - f_j > eps L_j for every j != y (strict: a gap that may close to zero is a tie)."""
+    return ((gaps > eps[:, None] * constants) | own).all(1)
+
+
+def check(dm: DenseMonDEQ, cen: Centres, eps: torch.Tensor, method: str = "vertex", max_unstable: int = 10,
+          refine: int = 2) -> dict:
+    """Which points the local certificate proves robust at their radius eps (N,), normalised units.
+
+    Returns {certified (N,) bool, unstable (N,) the count left unstable (-1: over max_unstable, which
+    only the vertex bound has),
+    lipschitz (N, classes): the margins' Lipschitz constants on the ball (unstable slopes in [0, 1]),
+    centred (N, classes): bounds of |gap(x) - gap(x0)| / ||x - x0|| on the ball (the narrowed slopes:
+    what certifies; <= lipschitz), both inf where the stable set was not found}.
+    """
+    N, h = cen.v0.shape
+    own = cen.own
+    size = cen.v0.abs()
+    stable = cen.v0 != 0
+    zero, one = torch.zeros_like(cen.v0), torch.ones_like(cen.v0)
+    sup = torch.full((N, cen.c.shape[2]), math.inf, dtype=torch.float64)
+    todo = cen.ok.clone()
+    # the largest self-consistent stable set, slopes of the others in [0, 1]
+    for _ in range(h + 1):
+        if not todo.any():
+            break
+        rows = todo.nonzero().squeeze(1)
+        sup[rows] = box_sup(dm, method, cen.v0[rows], stable[rows], zero[rows], one[rows], cen.c[rows], cen.e)
+        keep = stable[rows] & (eps[rows, None] * sup[rows, :h] < size[rows])
+        changed = (keep != stable[rows]).any(1)
+        stable[rows] = keep
+        over = (~keep).sum(1) > (max_unstable if method == "vertex" else h)  # the cap bounds 2^n solves
+        sup[rows[over]] = math.inf  # given up: only the global constants certify these
+        todo[rows] = changed & ~over
+    found = cen.ok & sup[:, 0].isfinite()
+    lipschitz = sup[:, h:].clone()
+    if method == "vertex":  # narrow the unstable slopes with the proved bounds |v - v0| <= eps rho
+        for _ in range(refine):
+            rows = found.nonzero().squeeze(1)
+            if len(rows) == 0:
+                break
+            r = eps[rows, None] * sup[rows, :h]
+            now_stable = stable[rows] | (r < size[rows])
+            ratio = (size[rows] / r).clamp(max=1)
+            lo = torch.where(cen.v0[rows] > 0, ratio, zero[rows])
+            hi = torch.where(cen.v0[rows] > 0, one[rows], 1 - ratio)
+            new = box_sup(dm, method, cen.v0[rows], now_stable, lo, hi, cen.c[rows], cen.e)
+            stable[rows] = now_stable
+            sup[rows] = torch.minimum(sup[rows], new)
+    centred = sup[:, h:]
+    constants = torch.minimum(centred, cen.pair)
+    certified = (found & _certifies(cen.gaps, constants, eps, own)) | (cen.ok & _certifies(cen.gaps, cen.pair, eps, own))
+    unstable = torch.where(found, (~stable).sum(1), torch.full_like(eps, -1, dtype=torch.long))
+    return {"certified": certified, "unstable": unstable, "lipschitz": lipschitz, "centred": centred}
+
+
+def certified_radii(dm: DenseMonDEQ, cen: Centres, method: str = "vertex", max_unstable: int = 10,
+                    refine: int = 2, steps: int = 10) -> dict:
+    """Per-input certified radii (normalised units) by bisection, and the state at the radius found.
+
+    The bracket: below, the global class-pair radius min_j gap_j / L_yj (certified by `check` too);
+    above, the radius of the centre's affine piece min_j gap_j / ||grad (f_y - f_j)(x0)||, which no
+    local constant beats.  `steps` halvings leave the radius within 2^-steps of the bracket below
+    the largest radius `check` certifies (certification is monotone in eps: a smaller ball keeps
+    every stable neuron stable and every bound smaller).  Certified at eps: eps < radius.
+    """
+    N, h = cen.v0.shape
+    inf = torch.full_like(cen.gaps, math.inf)
+    lo = torch.where(cen.own, inf, cen.gaps / cen.pair).amin(1).clamp_min(0)
+    lo = torch.where(cen.ok, lo, torch.zeros_like(lo))
+    every = torch.ones_like(cen.v0, dtype=torch.bool)
+    no_box = torch.zeros_like(cen.v0)  # every neuron fixed: the slope box is the centre's pattern
+    centre = box_sup(dm, "vertex", cen.v0, every, no_box, no_box, cen.c, cen.e)[:, h:]
+    hi = torch.where(cen.own, inf, cen.gaps / centre).amin(1)
+    # a locally flat margin (no gradient at all) gives no upper limit: keep the global radius there
+    hi = torch.where(hi.isfinite() & (hi > lo), hi, lo)
+    unstable = torch.full((N,), -1, dtype=torch.long)
+    lipschitz = torch.full_like(cen.gaps, math.inf)
+    for _ in range(steps):
+        rows = (hi > lo).nonzero().squeeze(1)
+        if len(rows) == 0:
+            break
+        mid = (lo[rows] + hi[rows]) / 2
+        out = check(dm, _rows(cen, rows), mid, method, max_unstable, refine)
+        passed = out["certified"]
+        lo[rows] = torch.where(passed, mid, lo[rows])
+        hi[rows] = torch.where(passed, hi[rows], mid)
+        unstable[rows[passed]] = out["unstable"][passed]
+        lipschitz[rows[passed]] = out["lipschitz"][passed]
+    return {"radius": lo, "upper": hi, "unstable": unstable, "lipschitz": lipschitz}
+
+
+def _rows(cen: Centres, rows) -> Centres:
+    return Centres(v0=cen.v0[rows], gaps=cen.gaps[rows], ok=cen.ok[rows], c=cen.c[rows], e=cen.e,
+                   pair=cen.pair[rows], own=cen.own[rows])
+
+
+def pair_constants(value, classes: int) -> torch.Tensor:
+    """The global constants of the margins as a (classes, classes) matrix: a class-pair matrix as it is
+    (None, a failed solve: inf), a scalar L of the whole logit vector as sqrt(2) L (src/certify.py)."""
+    if isinstance(value, (list, tuple)):
+        return torch.tensor([[math.inf if v is None else float(v) for v in row] for row in value],
+                            dtype=torch.float64)
+    return torch.full((classes, classes), math.sqrt(2.0) * float(value), dtype=torch.float64)
+
+
+def local_curve(net, x: torch.Tensor, labels: torch.Tensor, pair: torch.Tensor, eps, std, method: str = "vertex",
+                max_unstable: int = 10, refine: int = 2, steps: int = 10) -> dict:
+    """The certified-accuracy curve of the local certificate on normalised inputs x (N, C, H, W).
+
+    eps are pixel-unit radii (converted as src/certify.py does); `radii` the per-input certified
+    radii in pixel units (certified at eps: eps < radius), `radii_normalised` in the inputs' units.
+    """
+    from ..certify import normalised_radius
+
+    start = time.perf_counter()
+    dm = dense_mondeq(net, tuple(x.shape[1:]))
+    cen = centres(dm, x.flatten(1), labels, pair)
+    out = certified_radii(dm, cen, method, max_unstable, refine, steps)
+    radius = out["radius"]
+    scale = normalised_radius(1.0, std)  # pixel radius -> normalised radius, linear
+    eps = [float(e) for e in eps]
+    eps_norm = [normalised_radius(e, std) for e in eps]
+    found = out["unstable"][out["unstable"] >= 0]
+    return {"eps": eps, "eps_normalised": eps_norm,
+            "accuracy": [float((radius > e).double().mean()) for e in eps_norm],
+            "rule": "local", "method": method,
+            "lipschitz": [[v if math.isfinite(v) else None for v in row] for row in pair.tolist()],
+            "radii": (radius / scale).tolist(), "radii_normalised": radius.tolist(),
+            "exact_equilibrium": float(cen.ok.double().mean()),
+            "local_at_radius": float(out["unstable"].ge(0).double().mean()),
+            "mean_unstable_at_radius": float(found.double().mean()) if len(found) else None,
+            "max_unstable": int(max_unstable), "refine": int(refine), "steps": int(steps),
+            "seconds": time.perf_counter() - start}
