@@ -316,3 +316,19 @@ def test_app_rejects_bad_values_naming_them(run_app, tmp_path, tiny):
     assert proc.returncode != 0 and "loose" in proc.stderr
     proc = run_app("robustness", *tiny, "robustness.methods=[fgsm]", timeout=120)
     assert proc.returncode != 0 and "fgsm" in proc.stderr
+
+
+def test_conv_mondeqs_are_certified_with_the_pooled_theorem1(run_app, tmp_path, tiny):
+    """A conv monDEQ: theorem1_pooled's L is at most theorem1's, so it certifies at least as much at every
+    radius, and PGD breaks none of its certified points."""
+    conv = [*tiny, "model=mon_conv", "model.channels=4", "logger=none"]
+    assert run_app("run", *conv).returncode == 0
+    proc = run_app("robustness", *conv, "robustness.n_test=32", "robustness.pgd.steps=5", "robustness.progress=false",
+                   "robustness.pgd.eps=[0.05,0.1]", "certify.bound=[theorem1,theorem1_pooled]")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (path,) = (tmp_path / "outputs").glob("*/*/robustness.json")
+    curves = json.loads(path.read_text())["certified_curves"]
+    plain, pooled = curves["theorem1/paper"], curves["theorem1_pooled/paper"]
+    assert 0 < pooled["lipschitz"] <= plain["lipschitz"]
+    assert all(p >= a for p, a in zip(pooled["accuracy"], plain["accuracy"]))
+    assert sum(json.loads(path.read_text())["checks"]["theorem1_pooled/paper"]["certified_but_attacked"]) == 0

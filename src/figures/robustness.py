@@ -29,6 +29,9 @@ def _acc_at(curve, eps: float):
 
 
 LOCAL = "local/local"  # the certified_curves entry of certify.bound=local: per-input radii
+# certified_curves drawn beside a run's main certified curve when robustness.json has them:
+# the local radii, and the pooled Theorem 1 of conv monDEQs (certify.bound=[theorem1,theorem1_pooled])
+BESIDE = {LOCAL: ("local radii", "^"), "theorem1_pooled/paper": ("Theorem 1 pooled", "v")}
 
 
 def _lipschitz(run: Run):
@@ -40,11 +43,14 @@ def _robust_figure(res: Result, entries, runs: list[Run]):
     """Both panels of a robustness figure; entries: [(label, run, style)]: certified in (a), PGD in (b)."""
     fig, (ax, bx) = canvas.new_figure(2, res.title)
     for label, run, style in entries:
-        cert, pgd, near = _curve(run, "certified"), _curve(run, "pgd"), _curve(run, LOCAL)
+        cert, pgd = _curve(run, "certified"), _curve(run, "pgd")
         if cert:
             ax.plot(*cert, style, label=f"{label}, L={fmt(_lipschitz(run))}", markersize=3)
-        if near and (run.robustness or {}).get("certified", {}).get("rule") != "local":
-            ax.plot(*near, style[:-1] + "^", label=f"{label}, local radii", markersize=3)
+        main = (run.robustness or {}).get("certified", {})
+        for name, (what, marker) in BESIDE.items():
+            curve = _curve(run, name)
+            if curve and name != f"{main.get('bound')}/{main.get('rule')}":
+                ax.plot(*curve, style[:-1] + marker, label=f"{label}, {what}", markersize=3)
         if pgd:
             bx.plot(*pgd, style, label=label, markersize=3)
     ax.set(xlabel="l2 radius eps (pixels in [0, 1])", ylabel="certified accuracy", title="(a) certified")
