@@ -161,10 +161,10 @@ def time_local(model: torch.nn.Module, cfg, in_shape) -> dict:
     pair = local.pair_constants(sdp_pairwise(model)["matrix"] if fc else theorem1_pooled(model)["value"], classes)
     record = {"points": n, "global": "sdp_pairwise" if fc else "theorem1_pooled",
               "global_seconds": time.perf_counter() - start, "eps": list(cfg.bench.local_eps)}
+    dm = local.dense_mondeq(model, tuple(in_shape))  # for the counts of unstable neurons below
+    cen = local.centres(dm, x.flatten(1), labels, pair)
     for method in cfg.bench.local:
         curve = local.local_curve(model, x, labels, pair, record["eps"], std, method)
-        dm = local.dense_mondeq(model, tuple(in_shape))
-        cen = local.centres(dm, x.flatten(1), labels, pair)
         unstable, over = [], []
         for e in record["eps"]:
             counts = local.check(dm, cen, torch.full((n,), normalised_radius(e, std), dtype=torch.float64),

@@ -22,8 +22,8 @@ from .mondeq.splitting import ConvergenceTally
 
 SOLVER_KEYS = ("fwd_iters", "fwd_residual", "fwd_seconds", "bwd_iters", "bwd_residual", "bwd_seconds")
 EVAL_SETS = ("test", "train")  # the order of the dataloaders given to trainer.test
-TRAIN_MARGIN_ERROR = "train/margin_error"
-log = logging.getLogger(__name__)  # logged by TrainMarginError, monitored by MarginStop
+TRAIN_MARGIN_ERROR = "train/margin_error"  # logged by TrainMarginError, monitored by MarginStop
+log = logging.getLogger(__name__)
 
 
 def margins(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

@@ -25,10 +25,11 @@ def csv(run_dir: Path, group: str, run_config: dict, name: str = "csv"):
 RUN_FILE = "wandb_run.json"  # the run dir's wandb run: id, project, entity, group, tags
 
 
-def _mode(mode: str | None) -> str | None:
+def _mode(mode: str | None) -> dict:
+    """wandb's `mode` keyword: offline unless asked otherwise; none when WANDB_MODE or a key decides."""
     if mode is None and not (os.environ.get("WANDB_MODE") or os.environ.get("WANDB_API_KEY")):
-        return "offline"  # nothing leaves the machine unless the user asks for it
-    return mode  # None: wandb follows WANDB_MODE / the key
+        return {"mode": "offline"}  # nothing leaves the machine unless the user asks for it
+    return {} if mode is None else {"mode": mode}
 
 
 def tags(group: str, run_config: dict) -> list[str]:
@@ -53,15 +54,19 @@ def identity(id_file: Path, name: str, project: str, entity: str | None, group: 
     return ident
 
 
+def run_dir_identity(run_dir: Path, group: str, run_config: dict, project: str, entity: str | None) -> dict:
+    """The wandb run of a run dir, shared by every app on it."""
+    return identity(run_dir / RUN_FILE, f"{group}/{run_dir.name}", project, entity, group, tags(group, run_config))
+
+
 def wandb(run_dir: Path, group: str, run_config: dict, project: str, entity: str | None = None,
           mode: str | None = None):
     from lightning.pytorch.loggers import WandbLogger
 
-    ident = identity(run_dir / RUN_FILE, f"{group}/{run_dir.name}", project, entity, group, tags(group, run_config))
-    mode = _mode(mode)
+    ident = run_dir_identity(run_dir, group, run_config, project, entity)
     return WandbLogger(project=ident["project"], entity=ident["entity"], save_dir=str(run_dir), name=ident["name"],
                        group=ident["group"], id=ident["id"], resume="allow", job_type="train", tags=ident["tags"],
-                       config=run_config, **({"mode": mode} if mode is not None else {}))
+                       config=run_config, **_mode(mode))
 
 
 class Results:
@@ -91,18 +96,15 @@ def open_run(ident: dict, directory: Path, job: str, config: dict, mode: str | N
     """Continue (or start) the wandb run `ident` for `job`, its files under `directory`."""
     import wandb as wandb_module
 
-    mode = _mode(mode)
     run = wandb_module.init(project=ident["project"], entity=ident["entity"], dir=str(directory), id=ident["id"],
                             name=ident["name"], group=ident["group"], resume="allow", job_type=job,
-                            tags=sorted({*ident["tags"], job}), config=config,
-                            **({"mode": mode} if mode is not None else {}))
+                            tags=sorted({*ident["tags"], job}), config=config, **_mode(mode))
     return Results(run)
 
 
 def _wandb_results(run_dir: Path, group: str, run_config: dict, job: str, project: str,
                    entity: str | None = None, mode: str | None = None) -> Results:
-    ident = identity(run_dir / RUN_FILE, f"{group}/{run_dir.name}", project, entity, group, tags(group, run_config))
-    return open_run(ident, run_dir, job, run_config, mode)
+    return open_run(run_dir_identity(run_dir, group, run_config, project, entity), run_dir, job, run_config, mode)
 
 
 # The logger factories that also take the other apps' results (the others: those apps log to files only)

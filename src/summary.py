@@ -50,16 +50,20 @@ def radii(eps: list[float]) -> list[float]:
     return sorted({eps[0], eps[len(eps) // 2], eps[-1]}) if eps else []
 
 
+def _curves(record: dict) -> dict[str, dict]:
+    """A robustness.json record's curves by summary name: certified/<bound>/<rule>, pgd."""
+    named = {f"certified/{name}": c for name, c in (record.get("certified_curves") or {}).items()}
+    if record.get("pgd"):
+        named["pgd"] = record["pgd"]
+    return named
+
+
 def robustness(record: dict, keep=radii) -> dict[str, float]:
     """src.robustness: clean accuracy, and each certified and PGD curve at the radii `keep` picks of
     its grid (default: three; `list`: every one)."""
-    out = {}
-    curves = {f"certified/{name}": c for name, c in (record.get("certified_curves") or {}).items()}
-    if record.get("pgd"):
-        curves["pgd"] = record["pgd"]
-        if _number(record["pgd"].get("clean_accuracy")):
-            out["clean_accuracy"] = record["pgd"]["clean_accuracy"]
-    for name, curve in curves.items():
+    clean = (record.get("pgd") or {}).get("clean_accuracy")
+    out = {"clean_accuracy": clean} if _number(clean) else {}
+    for name, curve in _curves(record).items():
         at = dict(zip(curve["eps"], curve["accuracy"]))
         for e in keep(list(curve["eps"])):
             if _number(at[e]):
@@ -74,10 +78,7 @@ def seconds(record: dict) -> dict[str, float]:
 
 def curves(record: dict) -> list[list]:
     """Every point of a robustness.json record's curves: [curve, eps, accuracy]."""
-    named = {f"certified/{k}": c for k, c in (record.get("certified_curves") or {}).items()}
-    if record.get("pgd"):
-        named["pgd"] = record["pgd"]
-    return [[name, e, a] for name, c in named.items() for e, a in zip(c["eps"], c["accuracy"])]
+    return [[name, e, a] for name, c in _curves(record).items() for e, a in zip(c["eps"], c["accuracy"])]
 
 
 def write(run_dir: Path, app: str, flat: dict[str, float]) -> Path:
