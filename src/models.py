@@ -11,9 +11,10 @@ from .mondeq.splitting import SolverConfig
 
 MONDEQ_MODELS = {"mon_fc": MonFCNet, "mon_conv": MonConvNet, "mon_multiconv": MonMultiConvNet}
 MODEL_FIELDS = {
-    "mon_fc": {"width"},
-    "mon_conv": {"channels"},
-    "mon_multiconv": {"channels"},
+    # anderson: the family's default splitting.anderson (conf/model/), which reaches the solver there
+    "mon_fc": {"width", "anderson"},
+    "mon_conv": {"channels", "anderson"},
+    "mon_multiconv": {"channels", "anderson"},
     "dnn": {"depth", "width"},
     "cnn": {"depth", "size"},
 }

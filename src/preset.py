@@ -32,16 +32,17 @@ HEADER = """\
 # `dvc exp run -S 'grids.dnn.depth=[3,4]'` (the change lasts until the next switch); for good:
 # edit presets/<name>.yaml, then `python -m src.preset <name>` (a test checks the two agree).
 #
-#   preset      which presets/ file these values are: smoke (CPU minutes) or paper (the paper's runs)
-#   profile     the Hydra profile every app gets (conf/profile/): paper = the paper's datasets and
-#               epochs (a GPU machine); smoke = 10 short epochs on mnist5k and a synthetic
-#               CIFAR-format set, minutes per model on 2 CPU cores
+#   preset      which presets/ file these values are (smoke: CPU minutes; cpu_full: the paper's length
+#               on this CPU's data; paper: the paper's runs), and the tree its results go to,
+#               outputs/<preset>/ (figures/, series/, report.md there too)
+#   profile     the Hydra profile every app gets (conf/profile/): paper = the paper's epochs on whole
+#               datasets; smoke = 10 short epochs, minutes per model on 2 CPU cores
 #   logger      training logger (wandb: offline runs grouped by experiment; csv; none)
 #   data        the dataset overrides standing for MNIST and for CIFAR-10
 #   grids       per family of runs, the values its matrix stages sweep (dvc.yaml: train_<family>@...,
-#               bound_<family>@...); run dirs are outputs/<profile>/<family>/<values>/
+#               bound_<family>@...); run dirs are outputs/<preset>/<family>/<values>/
 #   robust      the runs of each family that also get src.robustness (a subset of `grids`);
-#               outputs/<profile>/robustness/<family>/<values>/
+#               outputs/<preset>/robustness/<family>/<values>/
 #   args        overrides per family given to all its apps (train, bound, robustness): its seed,
 #               and (smoke) narrower convolutional models.  Never empty: an empty value leaves a
 #               double space in the command, which dvc.lock's YAML line folding does not round-trip

@@ -159,6 +159,8 @@ RULES: dict[str, Rule] = {
     "model.depth": number(1, integer=True, null=True),
     "model.size": choice("sm", "med", "lg", null=True),
     # mon_conv: one count; mon_multiconv: one per tier (build_model checks which)
+    "model.anderson": Rule(lambda v: int(v) if _is_count(v, lo=0) and v != 1
+                           else _fail("0 (off) or a history size >= 2")),
     "model.channels": Rule(lambda v: v if (_is_count(v) or (isinstance(v, list) and v and all(map(_is_count, v))))
                            else _fail("a whole number >= 1 or a non-empty list of them")),
     # splitting

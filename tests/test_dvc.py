@@ -3,7 +3,7 @@ results that `dvc push` stores and `dvc pull` brings back on another clone.
 
 - src.preset writes params.yaml from presets/ (plain YAML, its header), and refuses presets
   with anchors or of another name;
-- src.plot writes one CSV per curve under outputs/series/<figure>/ (dvc.yaml's top-level plots);
+- src.plot writes one CSV per curve under outputs/<preset>/series/<figure>/ (dvc.yaml's top-level plots);
 - a `slow` test, in a git + DVC copy of the project: `dvc exp run -S` of one figure on tiny runs,
   then the experiment's metrics and plots, `dvc push` to a local remote, `dvc pull` on a clone
   (bit-identical results, nothing out of date), `dvc plots diff` of a second experiment, and a
@@ -65,7 +65,7 @@ def test_presets_with_anchors_or_of_another_name_are_refused(presets_root, text,
 def test_an_unknown_preset_is_one_error_line(run_app):
     proc = run_app("preset", "nope")
     assert proc.returncode == 1
-    assert proc.stderr.strip() == "error: no preset 'nope': presets/ holds paper, smoke"
+    assert proc.stderr.strip() == "error: no preset 'nope': presets/ holds cpu_full, fashion_full, paper, smoke"
 
 
 # --------------------------------------------------------------------------- data series
@@ -112,10 +112,10 @@ DVC = str(Path(sys.executable).parent / "dvc")
 # One figure of tiny runs: fig1a reads the dnn family only; one depth, two cheap bounds.
 SET = ["profile=tiny", "grids.dnn.depth=[3]", "data.mnist='dataset=synthetic dataset.n_train=64 dataset.n_test=32'",
        "bound_args.dnn=\"'bound.methods=[naive,grad_norm]' bound.lower_points=16 generalization.enabled=false\""]
-RUN = "outputs/tiny/dnn/d3"
+RUN = "outputs/smoke/dnn/d3"  # the tree of the project's preset (smoke), whatever its profile
 RESULTS = [f"{RUN}/{name}" for name in ("model.ckpt", "last.ckpt", "metrics.json", "summary_run.json", "bounds.json",
                                         "summary_bound.json", ".hydra/run/config.yaml", ".hydra/bound/config.yaml")] + [
-    "outputs/figures/fig1a.png", "outputs/figures/fig1a.md", "outputs/series/fig1a/dnn_width40/upper_naive.csv"]
+    "outputs/smoke/figures/fig1a.png", "outputs/smoke/figures/fig1a.md", "outputs/smoke/series/fig1a/dnn_width40/upper_naive.csv"]
 
 
 def _run(cwd: Path, *cmd: str) -> str:
@@ -132,8 +132,9 @@ def _git_project(tmp_path: Path) -> Path:
     project.mkdir()
     for name in ("src", "conf", "presets"):
         shutil.copytree(ROOT / name, project / name, ignore=shutil.ignore_patterns("__pycache__"))
-    for name in ("dvc.yaml", "params.yaml", ".dvcignore", ".gitignore"):
+    for name in ("dvc.yaml", ".dvcignore", ".gitignore"):
         shutil.copy(ROOT / name, project / name)
+    preset.switch("smoke", project)
     _run(project, "git", "init", "-q")
     _run(project, "git", "config", "user.email", "test@example.com")
     _run(project, "git", "config", "user.name", "test")
@@ -173,8 +174,8 @@ def test_exp_run_set_param_then_push_pull_and_a_preset_switch(tmp_path):
     assert experiment[f"{RUN}/summary_bound.json"] == bound and set(experiment) == {f"{RUN}/summary_run.json",
                                                                                     f"{RUN}/summary_bound.json"}
     plots = json.loads(_run(project, DVC, "plots", "show", "--json"))["data"]
-    assert [p["type"] for p in plots["outputs/figures/fig1a.png"]] == ["image"]
-    [naive] = plots["outputs/series/fig1a/dnn_width40/upper_naive.csv"]
+    assert [p["type"] for p in plots["outputs/smoke/figures/fig1a.png"]] == ["image"]
+    [naive] = plots["outputs/smoke/series/fig1a/dnn_width40/upper_naive.csv"]
     assert naive["content"]["encoding"]["x"]["field"] == "depth"
     assert [(p["depth"], p["upper/naive"]) for p in naive["content"]["data"]["values"]] == [("3", str(bound["upper/naive"]))]
 
@@ -193,8 +194,8 @@ def test_exp_run_set_param_then_push_pull_and_a_preset_switch(tmp_path):
     # a second experiment (another seed): `dvc plots diff` overlays its curve and the committed one
     _run(project, DVC, "exp", "run", "-n", "seed1", "plot@fig1a", "-S", "args.dnn='seed=1'")
     diff = json.loads(_run(project, DVC, "plots", "diff", "--json", "HEAD", "seed1", "--targets",
-                           "outputs/series/fig1a/dnn_width40/upper_naive.csv"))["data"]
-    [overlaid] = diff["outputs/series/fig1a/dnn_width40/upper_naive.csv"]
+                           "outputs/smoke/series/fig1a/dnn_width40/upper_naive.csv"))["data"]
+    [overlaid] = diff["outputs/smoke/series/fig1a/dnn_width40/upper_naive.csv"]
     points = {p["rev"]: float(p["upper/naive"]) for p in overlaid["content"]["data"]["values"]}
     assert points.keys() == {"HEAD", "seed1"} and points["HEAD"] == bound["upper/naive"] != points["seed1"]
 

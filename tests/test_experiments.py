@@ -135,19 +135,22 @@ def test_params_yaml_is_plain_and_what_src_preset_writes_for_its_preset():
     text = (ROOT / "params.yaml").read_text()
     assert preset.plain(text)
     name = yaml.safe_load(text)["preset"]
-    assert preset.names() == ["paper", "smoke"]
+    assert preset.names() == ["cpu_full", "fashion_full", "paper", "smoke"]
     assert text == preset.render(name), (
         f"params.yaml is not presets/{name}.yaml: change the preset and run `python -m src.preset {name}` "
         "(after `dvc exp run -S`: `git checkout params.yaml`, or that command)")
 
 
 def test_the_presets_agree_and_hold_the_papers_grids():
-    smoke, paper = _params("smoke"), _params("paper")
-    assert (smoke["preset"], smoke["profile"], paper["preset"], paper["profile"]) == ("smoke", "smoke", "paper", "paper")
-    assert smoke.keys() == paper.keys()
-    for key in ("grids", "robust", "args", "bound_args", "robust_args", "data"):
-        assert smoke[key].keys() == paper[key].keys(), key
-    for values in (smoke, paper):
+    presets = {name: _params(name) for name in preset.names()}
+    paper, full = presets["paper"], presets["cpu_full"]
+    assert {name: (values["preset"], values["profile"]) for name, values in presets.items()} == {
+        "smoke": ("smoke", "smoke"), "paper": ("paper", "paper"), "cpu_full": ("cpu_full", "paper"),
+        "fashion_full": ("fashion_full", "paper")}
+    for values in presets.values():
+        assert values.keys() == paper.keys()
+        for key in ("grids", "robust", "args", "bound_args", "robust_args", "data"):
+            assert values[key].keys() == paper[key].keys(), key
         assert values["grids"].keys() == values["args"].keys() == values["bound_args"].keys()
         for family, grid in values["robust"].items():  # robustness only on runs that are trained
             for key, points in grid.items():
@@ -156,6 +159,12 @@ def test_the_presets_agree_and_hold_the_papers_grids():
     assert paper["grids"]["dnn"]["depth"] == list(range(3, 15))
     assert paper["grids"]["cifar_mon_conv"]["m"] == [0.1, 0.5, 1, 2, 10, 20]
     assert paper["grids"]["cifar_cnn"]["size"] == ["sm", "med", "lg"]
+    # the full-length CPU preset: the paper's grids and bounds for the MNIST fully connected families
+    for family in ("dnn", "dnn_width", "mon_fc", "mon_fc_width"):
+        assert full["grids"][family] == paper["grids"][family], family
+        assert full["bound_args"][family] == paper["bound_args"][family], family
+    assert full["robust"]["dnn"] == paper["robust"]["dnn"] and full["robust"]["mon_fc"] == paper["robust"]["mon_fc"]
+    assert (full["data"]["mnist"], presets["fashion_full"]["data"]["mnist"]) == ("dataset=mnist5k", "dataset=fashion_mnist")
 
 
 def _stages(project: Path) -> list:
@@ -165,7 +174,7 @@ def _stages(project: Path) -> list:
         return list(repo.index.stages)
 
 
-@pytest.fixture(scope="module", params=["smoke", "paper"])
+@pytest.fixture(scope="module", params=preset.names())
 def pipeline(request, tmp_path_factory):
     """(preset, stages) of dvc.yaml resolved with that preset of params.yaml, in a scratch project."""
     project = tmp_path_factory.mktemp(f"dvc_{request.param}")
@@ -201,7 +210,7 @@ def _check_commands(stages, params):
                 continue
             assert app in APP_CONFIG, stage.name
             run_dir = next(a.split("=", 1)[1] for a in argv if a.startswith("hydra.run.dir="))
-            assert run_dir.startswith(f"outputs/{params['profile']}/"), stage.name
+            assert run_dir.startswith(f"outputs/{params['preset']}/"), stage.name
             cfg = compose(APP_CONFIG[app], overrides=argv, return_hydra_config=True)
             assert cfg.hydra.run.dir == run_dir
             validate(cfg)  # m, and the model builds for the dataset's shape
@@ -274,6 +283,7 @@ def _run_dir(stage) -> str:
 def test_stage_graph_outputs_metrics_and_plots(pipeline):
     name, stages = pipeline
     params = _params(name)
+    tree = f"outputs/{name}"  # each preset's results, figures and report in a tree of its own
     by_name = {s.name: s for s in stages}
     n_runs = 0
     for family, grid in params["grids"].items():
@@ -307,23 +317,23 @@ def test_stage_graph_outputs_metrics_and_plots(pipeline):
     assert plots == sorted(plot.FIGURES)
     for fig in plots:
         outs = {str(o.def_path): o.plot for o in by_name[f"plot@{fig}"].outs}
-        assert outs == {f"outputs/figures/{fig}.png": True, f"outputs/figures/{fig}.md": False,
-                        f"outputs/series/{fig}": False}
-    assert {str(d.def_path) for d in by_name["report"].deps} >= {f"outputs/figures/{f}.md" for f in plots}
-    assert [str(o.def_path) for o in by_name["report"].outs] == ["outputs/report.md"]
+        assert outs == {f"{tree}/figures/{fig}.png": True, f"{tree}/figures/{fig}.md": False,
+                        f"{tree}/series/{fig}": False}
+    assert {str(d.def_path) for d in by_name["report"].deps} >= {f"{tree}/figures/{f}.md" for f in plots}
+    assert [str(o.def_path) for o in by_name["report"].outs] == [f"{tree}/report.md"]
 
 
 def test_top_level_plots_name_the_x_of_each_figures_data_series():
     entries = yaml.safe_load((ROOT / "dvc.yaml").read_text())["plots"]
     assert {path: props for entry in entries for path, props in entry.items()} == {
-        f"outputs/series/{fig}": {"x": x, "template": "simple"} for fig, x in series.X.items()}
+        f"outputs/${{preset}}/series/{fig}": {"x": x, "template": "simple"} for fig, x in series.X.items()}
     assert set(series.X) <= set(plot.FIGURES)
 
 
 # --------------------------------------------------------------------------- the whole DAG, once
 
 TINY_PARAMS = {
-    "profile": "tiny", "logger": "csv",
+    "preset": "tiny", "profile": "tiny", "logger": "csv",
     "data": {"mnist": "dataset=synthetic dataset.n_train=64 dataset.n_test=32",
              "cifar": "dataset=synthetic 'dataset.in_shape=[3,32,32]' dataset.n_train=64 dataset.n_test=32"},
     "grids": {"dnn": {"depth": [3, 4]}, "dnn_width": {"width": [8, 16]}, "mon_fc": {"width": [40], "m": [1, 20]},
@@ -385,9 +395,9 @@ def test_the_whole_dag_runs_on_synthetic_data_and_a_second_repro_is_a_no_op(tmp_
     assert _dvc(project, "init", "-q").returncode == 0
     first = _dvc(project, "repro")
     assert first.returncode == 0, first.stdout[-4000:] + first.stderr[-4000:]
-    report = (project / "outputs" / "report.md").read_text()
+    report = (project / "outputs" / "tiny" / "report.md").read_text()
     for fig in plot.FIGURES:  # every figure is drawn from (tiny) runs
-        assert (project / "outputs" / "figures" / f"{fig}.png").is_file()
+        assert (project / "outputs" / "tiny" / "figures" / f"{fig}.png").is_file()
         section = report.split(f'<a id="{fig}">')[1].split("<a id=")[0]
         assert "**not run**: no run dirs" not in section, fig
         assert "profile: tiny" in section
@@ -401,7 +411,7 @@ def test_the_whole_dag_runs_on_synthetic_data_and_a_second_repro_is_a_no_op(tmp_
     assert all(isinstance(v, (int, float)) for m in metrics.values() for v in m["data"].values())  # flat numbers
     assert "upper/theorem1" in metrics["outputs/tiny/mon_fc/h40_m20/summary_bound.json"]["data"]
     drawn = json.loads(_dvc(project, "plots", "show", "--json").stdout)["data"]
-    assert {path.split("/")[2] for path, plots in drawn.items() if path.startswith("outputs/series/") and plots} \
+    assert {path.split("/")[3] for path, plots in drawn.items() if path.startswith("outputs/tiny/series/") and plots} \
         == set(series.X)  # every figure with series has curves, each a plot
     # one grid value more: only its branch and the figures reading its family are out of date
     params = yaml.safe_load((project / "params.yaml").read_text())

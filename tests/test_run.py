@@ -135,7 +135,7 @@ def test_schedules_splittings_and_baselines_train(compose, tmp_path, tiny, overr
 def test_checkpoint_rebuilds_the_network_from_itself(compose, tmp_path, tiny):
     train_in(compose, tmp_path, *tiny, "logger=none", "m=5")
     lit = LitClassifier.load_from_checkpoint(tmp_path / "model.ckpt", map_location="cpu", weights_only=True)
-    assert lit.hparams.m == 5.0 and lit.hparams.model == {"name": "mon_fc", "width": 40}
+    assert lit.hparams.m == 5.0 and lit.hparams.model == {"name": "mon_fc", "width": 40, "anderson": 0}
     state = torch.load(tmp_path / "model.ckpt", weights_only=True)["state_dict"]
     assert "model.mon.operator.U.weight" in state and "model.Wout.weight" in state
     assert all(torch.equal(v, state[k]) for k, v in lit.state_dict().items())
