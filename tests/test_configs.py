@@ -145,6 +145,22 @@ def test_validate_casts_m_to_float_and_names_bad_model_fields(compose):
         validate(compose(["model=cnn", "model.size=null"]))
 
 
+@pytest.mark.parametrize("overrides,anderson", [
+    (["model=mon_fc"], 0), (["model=mon_conv"], 5), (["model=mon_multiconv"], 5), (["+experiment=fig2"], 5),
+    (["model=mon_conv", "splitting=fb"], 5), (["model=dnn"], 0), (["model=cnn"], 0),
+    (["model=mon_conv", "splitting.anderson=0"], 0), (["model=mon_conv", "model.anderson=0"], 0),
+    (["model=mon_fc", "splitting.anderson=5"], 5)])
+def test_anderson_is_the_model_familys_default_unless_set(compose, overrides, anderson):
+    cfg = compose(overrides)
+    validate(cfg)
+    assert cfg.splitting.anderson == anderson
+
+
+def test_a_bad_family_default_of_anderson_is_named(compose):
+    with pytest.raises(ConfigError, match=r"model\.anderson=1: allowed: 0 \(off\) or a history size >= 2"):
+        validate(compose(["model=mon_conv", "model.anderson=1"]))
+
+
 # --- the project's set-up files agree with each other --------------------------
 
 def _pins(lines) -> dict[str, str]:

@@ -9,7 +9,7 @@ from src.mondeq.conv import SingleConvOperator
 from src.mondeq.fc import FullyConnectedOperator
 from src.mondeq.layer import MonDEQLayer
 from src.mondeq.multiconv import MultiTierConvOperator
-from src.mondeq.splitting import SPLITTING_METHODS, SolverConfig, solve
+from src.mondeq.splitting import Anderson, SPLITTING_METHODS, SolverConfig, solve
 from src.mondeq.networks import MonConvNet, MonFCNet
 
 TIGHT = dict(fwd_tol=1e-12, bwd_tol=1e-12, fwd_max_iter=20000, bwd_max_iter=20000, check_every=1)
@@ -285,3 +285,18 @@ def test_anderson_needs_fewer_iterations(method):
 def test_bad_solver_settings_are_refused(bad):
     with pytest.raises(ValueError, match="anderson|unknown splitting"):
         SolverConfig(**bad)
+
+
+@pytest.mark.parametrize("reg", [1e-4, 0.0])
+def test_anderson_stays_finite_where_its_history_is_collinear(reg):
+    """T(x) = x + d: every residual is d, the normal system singular in float32 (the 1e-8 regularisation
+    of before gave NaN states). The default regularisation mixes the history; with none the solve fails
+    and each sample takes the plain step."""
+    d = torch.arange(1.0, 21.0).reshape(2, 10)
+    accelerated = Anderson(lambda x, check: (x + d, None), 5, torch.zeros(2, 10), reg=reg)
+    x = torch.zeros(2, 10)
+    for _ in range(3):
+        x, _ = accelerated(x, False)
+    assert torch.isfinite(x).all()
+    if reg == 0.0:
+        assert torch.equal(x, 3 * d)
