@@ -321,6 +321,8 @@ def test_stage_graph_outputs_metrics_and_plots(pipeline):
                         f"{tree}/series/{fig}": False}
     assert {str(d.def_path) for d in by_name["report"].deps} >= {f"{tree}/figures/{f}.md" for f in plots}
     assert [str(o.def_path) for o in by_name["report"].outs] == [f"{tree}/report.md"]
+    for stage in [by_name["report"]] + [by_name[f"plot@{fig}"] for fig in plots]:  # they write where they declare
+        assert f" --out {tree} " in f"{stage.cmd} ", stage.name
 
 
 def test_top_level_plots_name_the_x_of_each_figures_data_series():

@@ -53,7 +53,7 @@ def test_fig1b_sweep_as_typed_writes_one_run_dir_per_m(run_app, tmp_path, tiny):
         assert solves["training"]["forward"]["solves"] == solves["training"]["backward"]["solves"] == 2
         assert solves["evaluation"]["forward"]["solves"] >= 2 and solves["evaluation"]["backward"]["solves"] == 0
         assert (metrics["model"], metrics["dataset"], metrics["profile"]) == (
-            {"name": "mon_fc", "width": 40}, "synthetic", "tiny")
+            {"name": "mon_fc", "width": 40, "anderson": 0}, "synthetic", "tiny")
         assert (path.parent / "model.ckpt").is_file()
         assert (path.parent / ".hydra" / "run" / "config.yaml").is_file() and (path.parent / "run.log").is_file()
 
