@@ -32,8 +32,8 @@ HEADER = """\
 # `dvc exp run -S 'grids.dnn.depth=[3,4]'` (the change lasts until the next switch); for good:
 # edit presets/<name>.yaml, then `python -m src.preset <name>` (a test checks the two agree).
 #
-#   preset      which presets/ file these values are (smoke: CPU minutes; cpu_full: the paper's length
-#               on this CPU's data; paper: the paper's runs), and the tree its results go to,
+#   preset      which presets/ file these values are (smoke: CPU minutes; cpu_full, fashion_full: the
+#               paper's length on this CPU's data; paper: the paper's runs), and the tree its results go to,
 #               outputs/<preset>/ (figures/, series/, report.md there too)
 #   profile     the Hydra profile every app gets (conf/profile/): paper = the paper's epochs on whole
 #               datasets; smoke = 10 short epochs, minutes per model on 2 CPU cores
