@@ -42,4 +42,4 @@ gpu-check: $(STAMP)
 
 # hydra-core, omegaconf and antlr4 as wheels in .wheels/, for a GPU image that has torch but not them
 wheels: $(STAMP)
-	$(PY) -m pip download --no-deps -d .wheels hydra-core==1.3.8 omegaconf==2.3.1 antlr4-python3-runtime==4.9.3
+	$(PY) -m pip wheel --no-deps -w .wheels hydra-core==1.3.8 omegaconf==2.3.1 antlr4-python3-runtime==4.9.3  # antlr4 is an sdist: built here, since the GPU image cannot fetch a build backend

@@ -318,14 +318,14 @@ def _grad_norm(model, points, ascent_steps, ascent_top, batch_size, box, step_si
         vals = norms[top].clone()
         step0 = step_size if step_size is not None else 0.02 * span * math.sqrt(x[0].numel())
         step = torch.full((len(x),), float(step0), dtype=x.dtype, device=x.device)
-        g = torch.Generator(device=x.device).manual_seed(int(seed))
+        g = torch.Generator().manual_seed(int(seed))  # on the CPU: the same directions on every device
         smooth = fc is not None or _has_relu(model)
         ones = [1] * (x.dim() - 1)
         for _ in range(ascent_steps):
             if smooth:
                 direction = _ascent_direction(model, fc, x)
             else:
-                direction = torch.randn(x.shape, generator=g, dtype=x.dtype, device=x.device)
+                direction = torch.randn(x.shape, generator=g, dtype=x.dtype).to(x.device)
             direction = direction / direction.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, *ones)
             cand = (x + step.view(-1, *ones) * direction)[:, None]
             if fc is not None:  # also: step just across each unit's activation boundary
