@@ -154,6 +154,22 @@ def test_exact_equilibrium_matches_the_solver_and_the_dense_pieces_the_network()
         torch.testing.assert_close(z @ dm.C + dm.b_out, net(x), rtol=0, atol=1e-7)
 
 
+def test_a_pattern_that_has_not_settled_is_not_called_the_equilibrium(monkeypatch):
+    """With one Newton step from the input's own pattern, rows whose pattern still moves must be refused:
+    their z was solved for the previous pattern and is not the fixed point."""
+    net = random_net(6, 9, m=0.5, seed=2, scale=2.0)
+    dm = local.dense_mondeq(net, (6,))
+    x = torch.randn(200, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    monkeypatch.setattr(local, "NEWTON_STEPS", 1)
+    z, v, ok = local.equilibrium(dm, x)
+    residual = (z - (z @ dm.W.T + x @ dm.U.T + dm.b).clamp_min(0)).norm(dim=1)
+    assert (~ok).any() and ok.any()
+    assert (residual[ok] < 1e-12).all() and (residual[~ok] > 1e-6).all()
+    labels = (z @ dm.C).argmax(1)
+    cen = local.centres(dm, x, labels, global_pairs(net))
+    assert (local.certified_radii(dm, cen)["radius"][~ok] == 0).all()
+
+
 # --------------------------------------------------------------------------- soundness
 
 @pytest.fixture(scope="module")

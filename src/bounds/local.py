@@ -132,12 +132,13 @@ def equilibrium(dm: DenseMonDEQ, x: torch.Tensor, z_start: torch.Tensor | None =
         a = active.double()
         z = torch.linalg.solve(eye - dm.W * a[:, :, None] * a[:, None, :], (a * u).unsqueeze(-1)).squeeze(-1)
         v = z @ dm.W.T + u
-        new = v > 0
-        if torch.equal(new, active):
+        solved = active  # the pattern z was solved for
+        active = v > 0
+        if torch.equal(active, solved):
             break
-        active = new
-    # z solves z_S = W_S z + u_S = v_S with z = 0 elsewhere: the fixed point iff v > 0 exactly on S
-    return z, v, ((v > 0) == active).all(1)
+    # z solves z_S = W_S z + u_S = v_S with z = 0 elsewhere, S the pattern solved for: the fixed point
+    # iff v > 0 exactly on S (a row whose pattern still moved when the steps ran out is not one)
+    return z, v, (active == solved).all(1)
 
 
 # --------------------------------------------------------------------------- sups over a box of slopes
