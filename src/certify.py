@@ -14,9 +14,12 @@ y on the whole ball ||x' - x||_2 <= eps' when the logit margin clears a rule:
   f_y - f_j > L_yj eps' for every j != y.  No rule applies; with every
   L_yj = sqrt(2) L it is exactly the `tight` rule.
 
-The comparisons are strict, in float64: a gap that could close to exactly zero is a tie,
-not a certificate (the paper writes `>=`; the two differ on a set of measure
-zero).  At eps = 0 a point counts when it is classified correctly.
+What is certified is the exact model (src/exact_model.py): the float64 network, for a monDEQ
+with its exact equilibrium, whose gaps are bounded from below with a proved allowance for the
+solve.  The comparisons are strict, in float64, with an allowance of ROUNDING relative to the
+magnitudes compared: a gap that could close to zero, or that rounding could tip, is not a
+certificate (the paper writes `>=`).  At eps = 0 a point counts when the exact model provably
+classifies it correctly.
 
 Units.  The networks see normalised inputs x = (p - mean) / std, and every L
 of bounds.json is with respect to x (l2).  Radii are given in [0, 1] pixel
@@ -32,10 +35,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 
 RULES: dict[str, float] = {"paper": 2.0, "tight": math.sqrt(2.0)}
+# Relative allowance for float64 rounding in every final comparison and in the exact model's
+# state (src/exact_model.py explains the size): rounding can never tip a comparison to "certified".
+ROUNDING = 2.0 ** -26
 
 
 def normalised_radius(eps: float, std: Sequence[float]) -> float:
@@ -61,14 +68,43 @@ def rule_factor(rule: str) -> float:
     return RULES[rule]
 
 
-def certified(logits: torch.Tensor, labels: torch.Tensor, lipschitz: float, eps_norm: float,
-              rule: str = "paper") -> torch.Tensor:
+@dataclass
+class Gaps:
+    """Lower bounds of the certified model's f_y - f_j at each test point (N, C): the comparisons'
+    left-hand sides.  `size` (|f_y| + |f_j|) scales the rounding allowance; `own` marks j = y."""
+    low: torch.Tensor
+    size: torch.Tensor
+    own: torch.Tensor
+
+
+def gaps_of(logits: torch.Tensor, labels: torch.Tensor, spread: torch.Tensor | None = None) -> Gaps:
+    """The gaps of float64 logits, less a proved allowance `spread` (N, C) where given
+    (src/exact_model.py: the distance of a solve from the exact equilibrium)."""
+    logits = logits.double()
+    own_logit = logits.gather(1, labels.view(-1, 1))
+    low = own_logit - logits
+    if spread is not None:
+        low = low - spread
+    own = torch.zeros_like(low, dtype=torch.bool).scatter_(1, labels.view(-1, 1), True)
+    return Gaps(low=low, size=own_logit.abs() + logits.abs(), own=own)
+
+
+def clears(gaps: Gaps, need: torch.Tensor) -> torch.Tensor:
+    """Boolean (N,): every gap exceeds its need (N, C) by more than float64's rounding could hide.
+
+    The comparison is strict and allows ROUNDING relative to the magnitudes compared, so a gap that
+    rounding could close is not a certificate.
+    """
+    return ((gaps.low - need > ROUNDING * (gaps.size + need)) | gaps.own).all(1)
+
+
+def certified(gaps: Gaps, lipschitz: float, eps_norm: float, rule: str = "paper") -> torch.Tensor:
     """Boolean (N,): the points certified at normalised radius eps_norm by a scalar L and a rule."""
     lipschitz = float(lipschitz)
     if not lipschitz >= 0:  # also rejects nan
         raise ValueError(f"Lipschitz constant must be >= 0, got {lipschitz}")
     threshold = (rule_factor(rule) * lipschitz) * float(eps_norm)
-    return margins(logits.double(), labels) > threshold
+    return clears(gaps, torch.full_like(gaps.low, threshold))
 
 
 def pair_matrix(matrix, num_classes: int) -> torch.Tensor:
@@ -82,35 +118,49 @@ def pair_matrix(matrix, num_classes: int) -> torch.Tensor:
     return mat
 
 
-def pairwise_certified(logits: torch.Tensor, labels: torch.Tensor, matrix, eps_norm: float) -> torch.Tensor:
+def pairwise_certified(gaps: Gaps, labels: torch.Tensor, matrix, eps_norm: float) -> torch.Tensor:
     """Boolean (N,): f_y - f_j > L_yj eps_norm for every j != y."""
-    logits = logits.double()
-    mat = pair_matrix(matrix, logits.shape[1])
-    gaps = logits.gather(1, labels.view(-1, 1)) - logits            # (N, C): f_y - f_j
+    mat = pair_matrix(matrix, gaps.low.shape[1])
     eps_norm = float(eps_norm)
-    need = mat[labels] * eps_norm if eps_norm > 0 else torch.zeros_like(gaps)  # (N, C): L_yj eps (inf * 0: 0)
-    ok = gaps > need
-    ok.scatter_(1, labels.view(-1, 1), True)                         # j = y imposes nothing
-    return ok.all(1)
+    need = mat[labels] * eps_norm if eps_norm > 0 else torch.zeros_like(gaps.low)  # (N, C): L_yj eps (inf * 0: 0)
+    return clears(gaps, need)
 
 
-def certified_at(logits, labels, lipschitz, eps_norm: float, rule: str) -> torch.Tensor:
+def certified_at(gaps: Gaps, labels, lipschitz, eps_norm: float, rule: str) -> torch.Tensor:
     """Dispatch: a scalar L uses `rule`, a class-pair matrix (list of lists) the pairwise rule."""
     if isinstance(lipschitz, (list, tuple)):
-        return pairwise_certified(logits, labels, lipschitz, eps_norm)
-    return certified(logits, labels, lipschitz, eps_norm, rule)
+        return pairwise_certified(gaps, labels, lipschitz, eps_norm)
+    return certified(gaps, lipschitz, eps_norm, rule)
 
 
-def curve_certified(curve: dict, logits, labels, eps_norm: float) -> torch.Tensor:
+def curve_certified(curve: dict, gaps: Gaps, labels, eps_norm: float) -> torch.Tensor:
     """Boolean (N,): the points a curve of robustness.json certifies at normalised radius eps_norm;
     a `local` curve by its per-input radii (certified where eps < radius), the others by their L."""
     if curve["rule"] == "local":
         return torch.tensor(curve["radii_normalised"], dtype=torch.float64) > float(eps_norm)
-    return certified_at(logits, labels, curve["lipschitz"], eps_norm, curve["rule"])
+    return certified_at(gaps, labels, curve["lipschitz"], eps_norm, curve["rule"])
 
 
-def certified_curve(logits: torch.Tensor, labels: torch.Tensor, lipschitz, eps: Sequence[float],
-                    std: Sequence[float], rule: str = "paper") -> dict:
+def radius(gaps: Gaps, per_pair: torch.Tensor) -> torch.Tensor:
+    """(N,) the supremum of the radii eps that `clears` certifies with constants per_pair (N, C) (L_yj:
+    f_y - f_j moves by at most L_yj eps): min_j (low - ROUNDING size) / ((1 + ROUNDING) L_yj), >= 0."""
+    per_j = (gaps.low - ROUNDING * gaps.size) / ((1 + ROUNDING) * per_pair)
+    return torch.where(gaps.own, torch.inf, per_j).amin(1).clamp_min(0)
+
+
+def certified_radii(curve: dict, gaps: Gaps, labels) -> torch.Tensor:
+    """(N,) each point's certified radius in normalised units (certified at eps < radius; 0: none)."""
+    if curve["rule"] == "local":
+        return torch.tensor(curve["radii_normalised"], dtype=torch.float64)
+    if isinstance(curve["lipschitz"], (list, tuple)):
+        per_pair = pair_matrix(curve["lipschitz"], gaps.low.shape[1])[labels]
+    else:
+        per_pair = torch.full_like(gaps.low, rule_factor(curve["rule"]) * float(curve["lipschitz"]))
+    return radius(gaps, per_pair)
+
+
+def certified_curve(gaps: Gaps, labels, lipschitz, eps: Sequence[float], std: Sequence[float],
+                    rule: str = "paper") -> dict:
     """Certified accuracy over pixel-unit radii `eps`.
 
     Returns {eps, eps_normalised, accuracy, rule, lipschitz}, `rule` being
@@ -119,10 +169,9 @@ def certified_curve(logits: torch.Tensor, labels: torch.Tensor, lipschitz, eps: 
     pairwise = isinstance(lipschitz, (list, tuple))
     if not pairwise:
         rule_factor(rule)  # an unknown rule fails here, with the choices
-    logits = logits.detach().to(torch.float64)
     eps = [float(e) for e in eps]
     eps_norm = [normalised_radius(e, std) for e in eps]
-    accuracy = [float(certified_at(logits, labels, lipschitz, e, rule).double().mean()) for e in eps_norm]
+    accuracy = [float(certified_at(gaps, labels, lipschitz, e, rule).double().mean()) for e in eps_norm]
     return {"eps": eps, "eps_normalised": eps_norm, "accuracy": accuracy,
             "rule": "pairwise" if pairwise else rule,
             "lipschitz": [list(r) for r in lipschitz] if pairwise else float(lipschitz)}

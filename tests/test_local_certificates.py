@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import torch
 
+from src import certify
 from src.bounds import local
 from src.bounds.mondeq import sdp_pairwise, theorem1, theorem1_pooled
 from src.errors import ConfigError
@@ -191,7 +192,7 @@ def test_certified_radii_are_below_the_exact_distance_to_the_boundary(planar):
     the exact one, and at the exact radius where the whole ball lies on one affine piece."""
     net, dm, x, labels, pair, cen, out = planar
     radius = out["radius"]
-    glob = torch.where(cen.own, math.inf, cen.gaps / cen.pair).amin(1)
+    glob = certify.radius(certify.Gaps(cen.gaps, cen.size, cen.own), cen.pair)
     exact = torch.tensor([exact_radius(dm, x[k].numpy(), int(labels[k])) for k in range(len(x))],
                          dtype=torch.float64)
     assert (radius <= exact * (1 + 1e-6)).all()
@@ -244,7 +245,7 @@ def test_monotone_ball_bound_is_sound_and_no_tighter_than_vertex(planar):
     net, dm, x, labels, pair, cen, out = planar
     mono = local.certified_radii(dm, cen, "monotone", steps=14)
     assert (mono["radius"] <= out["radius"] * (1 + 2 ** -12)).all()
-    glob = torch.where(cen.own, math.inf, cen.gaps / cen.pair).amin(1)
+    glob = certify.radius(certify.Gaps(cen.gaps, cen.size, cen.own), cen.pair)
     assert (mono["radius"] >= glob).all()
     eps = out["radius"] * 0.9
     assert (local.check(dm, cen, eps, "monotone")["certified"] <= local.check(dm, cen, eps)["certified"]).all()
@@ -260,7 +261,7 @@ def test_certification_is_monotone_in_eps_and_gives_up_over_max_unstable(planar)
         previous = now
     capped = local.check(dm, cen, base * 0.9, max_unstable=0)
     assert (capped["unstable"] <= 0).all()
-    glob = torch.where(cen.own, math.inf, cen.gaps / cen.pair).amin(1)
+    glob = certify.radius(certify.Gaps(cen.gaps, cen.size, cen.own), cen.pair)
     assert (capped["certified"] >= (base * 0.9 < glob)).all()
 
 
@@ -283,7 +284,7 @@ def test_small_conv_mondeq_local_radii_are_sound():
     pair = local.pair_constants(theorem1_pooled(net)["value"], CLASSES)
     cen = local.centres(dm, x.flatten(1), labels, pair)
     out = local.certified_radii(dm, cen)
-    glob = torch.where(cen.own, math.inf, cen.gaps / cen.pair).amin(1)
+    glob = certify.radius(certify.Gaps(cen.gaps, cen.size, cen.own), cen.pair)
     assert (out["radius"] >= glob).all() and (out["radius"] > glob * 1.01).any()
 
     class Flat(torch.nn.Module):

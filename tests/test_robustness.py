@@ -102,14 +102,14 @@ def test_margins_and_units():
     assert certify.normalised_radius(0.1, cifar) == pytest.approx(0.1 / 0.2435)  # the largest stretch
     # eps = 0: exactly the correctly classified points (a tie is not a certificate)
     for rule in certify.RULES:
-        assert certify.certified(logits, labels, 5.0, 0.0, rule).tolist() == [True, False, False]
+        assert certify.certified(certify.gaps_of(logits, labels), 5.0, 0.0, rule).tolist() == [True, False, False]
     # the thresholds: 2 L eps and sqrt(2) L eps, strict
-    assert certify.certified(logits, labels, 1.0, 0.999, "paper")[0]
-    assert not certify.certified(logits, labels, 1.0, 1.0, "paper")[0]
-    assert certify.certified(logits, labels, 1.0, 2 / math.sqrt(2) - 1e-9, "tight")[0]
-    assert not certify.certified(logits, labels, 1.0, 2 / math.sqrt(2) + 1e-9, "tight")[0]
+    assert certify.certified(certify.gaps_of(logits, labels), 1.0, 0.999, "paper")[0]
+    assert not certify.certified(certify.gaps_of(logits, labels), 1.0, 1.0, "paper")[0]
+    assert certify.certified(certify.gaps_of(logits, labels), 1.0, 2 / math.sqrt(2) - 1e-6, "tight")[0]
+    assert not certify.certified(certify.gaps_of(logits, labels), 1.0, 2 / math.sqrt(2) + 1e-12, "tight")[0]
     with pytest.raises(ValueError, match="rule"):
-        certify.certified(logits, labels, 1.0, 0.1, "loose")
+        certify.certified(certify.gaps_of(logits, labels), 1.0, 0.1, "loose")
 
 
 def test_tight_certifies_at_least_paper_and_larger_l_no_more():
@@ -117,14 +117,14 @@ def test_tight_certifies_at_least_paper_and_larger_l_no_more():
     logits = 3 * torch.randn(500, 10, generator=g, dtype=torch.float64)
     labels = torch.randint(0, 10, (500,), generator=g)
     for eps in (0.0, 0.05, 0.2, 0.5):
-        paper = certify.certified(logits, labels, 2.0, eps, "paper")
-        tight = certify.certified(logits, labels, 2.0, eps, "tight")
+        paper = certify.certified(certify.gaps_of(logits, labels), 2.0, eps, "paper")
+        tight = certify.certified(certify.gaps_of(logits, labels), 2.0, eps, "tight")
         assert bool((paper <= tight).all())  # every paper certificate is a tight one
         for rule in certify.RULES:
-            small = certify.certified(logits, labels, 2.0, eps, rule)
-            large = certify.certified(logits, labels, 3.0, eps, rule)
+            small = certify.certified(certify.gaps_of(logits, labels), 2.0, eps, rule)
+            large = certify.certified(certify.gaps_of(logits, labels), 3.0, eps, rule)
             assert bool((large <= small).all())
-    curve = lambda L, rule: certify.certified_curve(logits, labels, L, [0.01, 0.05, 0.1, 0.3], STD, rule)["accuracy"]
+    curve = lambda L, rule: certify.certified_curve(certify.gaps_of(logits, labels), labels, L, [0.01, 0.05, 0.1, 0.3], STD, rule)["accuracy"]
     tight, paper = curve(2.0, "tight"), curve(2.0, "paper")
     assert all(t >= p for t, p in zip(tight, paper)) and tight != paper  # strictly more somewhere
     assert all(a >= b for a, b in zip(curve(2.0, "paper"), curve(4.0, "paper")))
@@ -141,19 +141,19 @@ def test_pairwise_rule_with_constant_pairs_is_the_tight_rule():
     L = 1.7
     matrix = [[0.0 if i == j else L * math.sqrt(2) for j in range(10)] for i in range(10)]
     for eps in (0.0, 0.01, 0.1, 0.3, 1.0):
-        assert torch.equal(certify.pairwise_certified(logits, labels, matrix, eps),
-                           certify.certified(logits, labels, L, eps, "tight"))
+        assert torch.equal(certify.pairwise_certified(certify.gaps_of(logits, labels), labels, matrix, eps),
+                           certify.certified(certify.gaps_of(logits, labels), L, eps, "tight"))
     # a smaller constant for one pair certifies more, a failed solve (None) never certifies
     loose = [row[:] for row in matrix]
     loose[0][1] = loose[1][0] = 0.1
-    assert (certify.pairwise_certified(logits, labels, loose, 0.3).long()
-            - certify.pairwise_certified(logits, labels, matrix, 0.3).long()).min() >= 0
+    assert (certify.pairwise_certified(certify.gaps_of(logits, labels), labels, loose, 0.3).long()
+            - certify.pairwise_certified(certify.gaps_of(logits, labels), labels, matrix, 0.3).long()).min() >= 0
     failed = [row[:] for row in matrix]
     failed[0][1] = failed[1][0] = None
-    got = certify.pairwise_certified(logits, labels, failed, 0.1)
+    got = certify.pairwise_certified(certify.gaps_of(logits, labels), labels, failed, 0.1)
     assert not got[(labels == 0) | (labels == 1)].any()
-    assert certify.pairwise_certified(logits, labels, failed, 0.0).equal(certify.certified(logits, labels, L, 0.0))
-    curve = certify.certified_curve(logits, labels, matrix, [0.1], STD)
+    assert certify.pairwise_certified(certify.gaps_of(logits, labels), labels, failed, 0.0).equal(certify.certified(certify.gaps_of(logits, labels), L, 0.0))
+    curve = certify.certified_curve(certify.gaps_of(logits, labels), labels, matrix, [0.1], STD)
     assert curve["rule"] == "pairwise" and curve["lipschitz"] == matrix
 
 
@@ -196,7 +196,7 @@ def test_certified_points_survive_pgd_and_random_search(request, data, which, ru
     assert (logits.argmax(1) == labels).double().mean() > 0.8
     base = median_radius(logits, labels, L, rule)
     grid = [0.5 * base, base, 2 * base]
-    cert = torch.stack([certify.certified(logits, labels, L, certify.normalised_radius(e, STD), rule)
+    cert = torch.stack([certify.certified(certify.gaps_of(logits, labels), L, certify.normalised_radius(e, STD), rule)
                         for e in grid])
     assert 0 < int(cert[1].sum()) < len(labels)  # the test has points on both sides
     torch.manual_seed(0)
@@ -232,8 +232,8 @@ def test_per_channel_units_are_sound_where_a_mean_std_would_not_be():
     eps = 0.5 * float(certify.margins(logits, labels)) / (math.sqrt(2) * L) * 0.25  # certified at mean std
     wrong = eps / (sum(std) / 3)
     right = certify.normalised_radius(eps, std)
-    assert certify.certified(logits, labels, L, wrong, "tight").item()
-    assert not certify.certified(logits, labels, L, right, "tight").item()
+    assert certify.certified(certify.gaps_of(logits, labels), L, wrong, "tight").item()
+    assert not certify.certified(certify.gaps_of(logits, labels), L, right, "tight").item()
     adv = images.clone()
     adv[0, 0] -= eps / 2  # the ball's worst direction: all of eps on channel 0 (norm 4 * (eps/2)^2 = eps^2)
     assert float((adv - images).norm()) == pytest.approx(eps)

@@ -52,6 +52,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..certify import ROUNDING, Gaps, clears, gaps_of, radius
 from ..errors import ConfigError
 from .mondeq import readout_rows
 
@@ -231,6 +232,7 @@ class Centres:
     """What the certificates need of each input: its exact equilibrium and the margins there."""
     v0: torch.Tensor       # (N, h) pre-activations
     gaps: torch.Tensor     # (N, classes): f_y - f_j (0 at j = y)
+    size: torch.Tensor     # (N, classes): |f_y| + |f_j|, the scale of the comparisons' rounding allowance
     ok: torch.Tensor       # (N,) the exact equilibrium was found
     c: torch.Tensor        # (N, h, q), e (h, q): the outputs (`_outputs`)
     e: torch.Tensor
@@ -242,16 +244,21 @@ def centres(dm: DenseMonDEQ, x: torch.Tensor, labels: torch.Tensor, pair: torch.
             z_start: torch.Tensor | None = None) -> Centres:
     """pair: the (classes, classes) global constants L_ij of f_i - f_j (inf where none is known)."""
     z, v, ok = equilibrium(dm, x, z_start)
-    logits = z @ dm.C + dm.b_out
-    gaps = logits.gather(1, labels.view(-1, 1)) - logits
+    gaps = gaps_of(z @ dm.C + dm.b_out, labels)
     c, e = _outputs(dm, labels)
-    own = torch.nn.functional.one_hot(labels, dm.C.shape[1]).bool()
-    return Centres(v0=v, gaps=gaps, ok=ok, c=c, e=e, pair=pair[labels], own=own)
+    return Centres(v0=v, gaps=gaps.low.masked_fill(gaps.own, 0), size=gaps.size, ok=ok, c=c, e=e,
+                   pair=pair[labels], own=gaps.own)
 
 
-def _certifies(gaps, constants, eps, own) -> torch.Tensor:
-    """f_y - f_j > eps L_j for every j != y (strict: a gap that may close to zero is a tie)."""
-    return ((gaps > eps[:, None] * constants) | own).all(1)
+def _certifies(cen: Centres, constants, eps) -> torch.Tensor:
+    """f_y - f_j > eps L_j for every j != y, beyond rounding (src/certify.py: clears)."""
+    need = torch.where(constants.isinf() & (eps[:, None] == 0), 0.0, eps[:, None] * constants)
+    return clears(Gaps(low=cen.gaps, size=cen.size, own=cen.own), need)
+
+
+def _below(change, size):
+    """|v - v0| <= change keeps v0's sign (|v0| = size), beyond rounding (src/certify.py: ROUNDING)."""
+    return change + ROUNDING * (change + size) < size
 
 
 def check(dm: DenseMonDEQ, cen: Centres, eps: torch.Tensor, method: str = "vertex", max_unstable: int = 10,
@@ -265,7 +272,6 @@ def check(dm: DenseMonDEQ, cen: Centres, eps: torch.Tensor, method: str = "verte
     what certifies; <= lipschitz), both inf where the stable set was not found}.
     """
     N, h = cen.v0.shape
-    own = cen.own
     size = cen.v0.abs()
     stable = cen.v0 != 0
     zero, one = torch.zeros_like(cen.v0), torch.ones_like(cen.v0)
@@ -277,7 +283,7 @@ def check(dm: DenseMonDEQ, cen: Centres, eps: torch.Tensor, method: str = "verte
             break
         rows = todo.nonzero().squeeze(1)
         sup[rows] = box_sup(dm, method, cen.v0[rows], stable[rows], zero[rows], one[rows], cen.c[rows], cen.e)
-        keep = stable[rows] & (eps[rows, None] * sup[rows, :h] < size[rows])
+        keep = stable[rows] & _below(eps[rows, None] * sup[rows, :h], size[rows])
         changed = (keep != stable[rows]).any(1)
         stable[rows] = keep
         over = (~keep).sum(1) > (max_unstable if method == "vertex" else h)  # the cap bounds 2^n solves
@@ -291,7 +297,7 @@ def check(dm: DenseMonDEQ, cen: Centres, eps: torch.Tensor, method: str = "verte
             if len(rows) == 0:
                 break
             r = eps[rows, None] * sup[rows, :h]
-            now_stable = stable[rows] | (r < size[rows])
+            now_stable = stable[rows] | _below(r, size[rows])
             ratio = (size[rows] / r).clamp(max=1)
             lo = torch.where(cen.v0[rows] > 0, ratio, zero[rows])
             hi = torch.where(cen.v0[rows] > 0, one[rows], 1 - ratio)
@@ -300,7 +306,7 @@ def check(dm: DenseMonDEQ, cen: Centres, eps: torch.Tensor, method: str = "verte
             sup[rows] = torch.minimum(sup[rows], new)
     centred = sup[:, h:]
     constants = torch.minimum(centred, cen.pair)
-    certified = (found & _certifies(cen.gaps, constants, eps, own)) | (cen.ok & _certifies(cen.gaps, cen.pair, eps, own))
+    certified = (found & _certifies(cen, constants, eps)) | (cen.ok & _certifies(cen, cen.pair, eps))
     unstable = torch.where(found, (~stable).sum(1), torch.full_like(eps, -1, dtype=torch.long))
     return {"certified": certified, "unstable": unstable, "lipschitz": lipschitz, "centred": centred}
 
@@ -317,7 +323,7 @@ def certified_radii(dm: DenseMonDEQ, cen: Centres, method: str = "vertex", max_u
     """
     N, h = cen.v0.shape
     inf = torch.full_like(cen.gaps, math.inf)
-    lo = torch.where(cen.own, inf, cen.gaps / cen.pair).amin(1).clamp_min(0)
+    lo = radius(Gaps(low=cen.gaps, size=cen.size, own=cen.own), cen.pair)
     lo = torch.where(cen.ok, lo, torch.zeros_like(lo))
     every = torch.ones_like(cen.v0, dtype=torch.bool)
     no_box = torch.zeros_like(cen.v0)  # every neuron fixed: the slope box is the centre's pattern
@@ -342,7 +348,7 @@ def certified_radii(dm: DenseMonDEQ, cen: Centres, method: str = "vertex", max_u
 
 
 def _rows(cen: Centres, rows) -> Centres:
-    return Centres(v0=cen.v0[rows], gaps=cen.gaps[rows], ok=cen.ok[rows], c=cen.c[rows], e=cen.e,
+    return Centres(v0=cen.v0[rows], gaps=cen.gaps[rows], size=cen.size[rows], ok=cen.ok[rows], c=cen.c[rows], e=cen.e,
                    pair=cen.pair[rows], own=cen.own[rows])
 
 

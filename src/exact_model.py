@@ -1,0 +1,95 @@
+"""The model a certificate speaks of: the exact network, not its float32 evaluation.
+
+For a DNN or CNN that is the network evaluated in float64.  For a monDEQ it is the network
+with its exact equilibrium z* = relu(W z* + U x + b), which no solver returns.  Its margins are
+bounded from below by a proved a posteriori bound:
+
+From a float64 solve's state z take one more step p = relu(W z + u) (u = U x + b; relu is the
+projection onto the cone of the operator's non-negative, unmasked states, so the step is
+forward-backward with alpha = 1) and d = z - p.  Then e = W d satisfies e - G(p) in N(p), with
+G(x) = (I - W) x - u and N the cone's normal cone, while -G(z*) in N(z*).  Monotonicity of N and
+strong monotonicity of G (I - W >= m I) give m ||p - z*||^2 <= <e, p - z*>, so
+
+    ||p - z*|| <= ||W d|| / m.
+
+Each margin f_y - f_j = (c_y - c_j)^T z + b_y - b_j (c: the read-out pulled back to z) of the exact
+model is then at least its value at p minus ||c_y - c_j|| ||W d|| / m.  Nothing rests on the solver
+having converged: a looser solve only gives a larger (still proved) allowance.
+
+Rounding.  The float64 arithmetic behind the state and the logits adds an allowance of ROUNDING
+(src/certify.py) relative to the norms of the terms, ||z|| + ||u|| for the state: float64 sums of n
+terms err by at most n u (u = 2^-53) relative to the sum of magnitudes, at most sqrt(n) times the
+norm; 2^-26 covers n sqrt(n) u for states up to 10^6 units.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import warnings
+
+import torch
+
+from .certify import ROUNDING, Gaps, gaps_of
+from .mondeq.networks import MonDEQNet
+from .progress import ticking
+
+STATE_TOL = 1e-9       # relative residual the float64 solve aims at (the bound holds whatever it reaches)
+STATE_MAX_ITER = 5000
+
+
+@dataclasses.dataclass
+class ExactLogits:
+    """The exact model's logits at each test point, up to a proved allowance per class pair."""
+    logits: torch.Tensor       # (N, C) float64: the logits at p (or of the float64 network)
+    state_error: torch.Tensor  # (N,) a bound on ||p - z*|| (0 for feed-forward networks)
+    pair_norms: torch.Tensor   # (C, C) ||c_i - c_j|| (0 for feed-forward networks)
+
+    def gaps(self, labels: torch.Tensor) -> Gaps:
+        """Lower bounds of the exact model's f_y - f_j."""
+        spread = self.pair_norms[labels] * self.state_error[:, None]
+        return gaps_of(self.logits, labels, spread)
+
+
+def _pair_norms(net) -> torch.Tensor:
+    from .bounds.mondeq import readout_rows
+
+    rows = readout_rows(net)
+    gram = rows.T @ rows
+    diag = gram.diagonal()
+    return (diag[:, None] + diag[None, :] - 2 * gram).clamp_min(0).sqrt()
+
+
+def _tight_copy(model: MonDEQNet, device) -> MonDEQNet:
+    net = copy.deepcopy(model).to(device=device, dtype=torch.float64).eval()
+    layer = net.mon
+    layer.solver = dataclasses.replace(layer.solver, fwd_tol=STATE_TOL, fwd_max_iter=max(STATE_MAX_ITER,
+                                       layer.solver.fwd_max_iter), on_nonconvergence="warn")
+    return net
+
+
+def exact_logits(model, x: torch.Tensor, batch_size: int, device) -> ExactLogits:
+    """The exact model's logits on normalised inputs x, with the allowance that makes them proved."""
+    starts = range(0, len(x), batch_size)
+    if not isinstance(model, MonDEQNet):
+        net = copy.deepcopy(model).to(device=device, dtype=torch.float64).eval()
+        with torch.no_grad():
+            logits = torch.cat([net(x[i:i + batch_size].to(device, torch.float64)).cpu()
+                                for i in ticking(starts, len(starts), "exact logits")])
+        classes = logits.shape[1]
+        return ExactLogits(logits, torch.zeros(len(x), dtype=torch.float64),
+                           torch.zeros(classes, classes, dtype=torch.float64))
+    net = _tight_copy(model, device)
+    op = net.mon.operator
+    logits, errors = [], []
+    with torch.no_grad(), warnings.catch_warnings():  # an unconverged float64 solve only widens the proved allowance
+        warnings.simplefilter("ignore", RuntimeWarning)
+        for i in ticking(starts, len(starts), "exact logits"):
+            prepared = net.prepare(x[i:i + batch_size].to(device, torch.float64))
+            u = op.input_term(prepared)
+            z = net.mon(prepared)
+            p = op.nonlinearity(op.multiply(z) + u)
+            step = op.multiply(z - p).norm(dim=1)
+            rounding = ROUNDING * (z.norm(dim=1) + u.norm(dim=1))
+            errors.append(((step + rounding) / op.m).cpu())
+            logits.append(net.Wout(net.readout(p)).cpu())
+    return ExactLogits(torch.cat(logits), torch.cat(errors), _pair_norms(net))
