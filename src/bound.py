@@ -46,26 +46,20 @@ def generalization_bounds(model, cfg: DictConfig, train, initial_state) -> dict:
     return out
 
 
-def settings(cfg: DictConfig) -> dict:
-    """The settings besides the checkpoint that change a bound (recorded with every entry)."""
-    plain = OmegaConf.to_container(cfg, resolve=True)
-    bound = {k: v for k, v in plain["bound"].items() if k not in ("methods", "test_error", "accept_poor_model")}
-    return {"seed": plain["seed"], "bound": bound, "generalization": plain["generalization"],
-            "splitting": plain["splitting"], "dataset": provenance.what("dataset", plain["dataset"])}
-
-
 def merge(previous: dict | None, record: dict) -> dict:
-    """`record`, plus the entries of an earlier bounds.json of the same checkpoint that it did not recompute."""
+    """`record`, plus the entries of an earlier bounds.json that it did not recompute and that are of the
+    same checkpoint and settings (model, m, dataset, bound settings: `settings`); the others are dropped
+    with a line naming what differs."""
     if not previous:
         return record
-    sha = record["ckpt_sha256"]
     merged = json.loads(json.dumps(record))
-    dropped = []
+    origin_now = next(iter(record["provenance"].values()), None)
     for name, origin in previous.get("provenance", {}).items():
         if name in record["provenance"]:
             continue
-        if origin.get("ckpt_sha256") != sha:
-            dropped.append(name)
+        why = origin_now and provenance.why_not_same(origin_now, origin)
+        if why:
+            log.info(f"dropped {name} from the earlier bounds.json: {why}")
             continue
         merged["provenance"][name] = origin
         if name in ("test_error", "generalization"):
@@ -74,8 +68,6 @@ def merge(previous: dict | None, record: dict) -> dict:
         for key in ENTRY_KEYS:
             if name in previous.get(key, {}):
                 merged[key][name] = previous[key][name]
-    if dropped:
-        log.info(f"dropped {', '.join(dropped)} from the earlier bounds.json: of another checkpoint")
     return merged
 
 
@@ -134,7 +126,7 @@ def bound(cfg: DictConfig, run_dir: Path, m_given: bool = True) -> dict:
         record["skipped"] = {"test_error": skipped, "generalization": skipped}
     solves = convergence(model)
     warn_unconverged(solves, "src.bound")
-    origin = {"ckpt_sha256": loaded.sha256, "settings": settings(cfg), "convergence": solves}
+    origin = {"ckpt_sha256": loaded.sha256, "settings": provenance.bound_settings(cfg), "convergence": solves}
     entries = names + [k for k in ("test_error", "generalization") if k in record]
     record.update(model=OmegaConf.to_container(cfg.model), m=cfg.m, dataset=cfg.dataset.name,
                   profile=cfg.get("profile"), ckpt=loaded.path, ckpt_sha256=loaded.sha256, convergence=solves,

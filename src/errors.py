@@ -27,3 +27,7 @@ class SolverError(ProjectError, ArithmeticError):
 
 class DivergedError(SolverError, FloatingPointError):
     """NaN or Inf in the equilibrium state."""
+
+
+class UnsoundCertificateError(ProjectError):
+    """An audit found a counterexample inside a certified ball: the certificate, or the code, is wrong."""

@@ -44,10 +44,17 @@ class ExactLogits:
     state_error: torch.Tensor  # (N,) a bound on ||p - z*|| (0 for feed-forward networks)
     pair_norms: torch.Tensor   # (C, C) ||c_i - c_j|| (0 for feed-forward networks)
 
+    def _spread(self, labels: torch.Tensor) -> torch.Tensor:
+        return self.pair_norms[labels] * self.state_error[:, None]
+
     def gaps(self, labels: torch.Tensor) -> Gaps:
         """Lower bounds of the exact model's f_y - f_j."""
-        spread = self.pair_norms[labels] * self.state_error[:, None]
-        return gaps_of(self.logits, labels, spread)
+        return gaps_of(self.logits, labels, self._spread(labels))
+
+    def worst_margin_above(self, labels: torch.Tensor) -> torch.Tensor:
+        """(N,) upper bounds of the exact model's min_{j != y} f_y - f_j: below 0, a proved misclassification."""
+        upper = gaps_of(self.logits, labels, -self._spread(labels))
+        return (upper.low + ROUNDING * upper.size).masked_fill(upper.own, float("inf")).amin(1)
 
 
 def _pair_norms(net) -> torch.Tensor:
@@ -59,26 +66,27 @@ def _pair_norms(net) -> torch.Tensor:
     return (diag[:, None] + diag[None, :] - 2 * gram).clamp_min(0).sqrt()
 
 
-def _tight_copy(model: MonDEQNet, device) -> MonDEQNet:
+def float64_copy(model, device):
+    """`model` in float64 on `device`, a monDEQ solving its forward problem to STATE_TOL."""
     net = copy.deepcopy(model).to(device=device, dtype=torch.float64).eval()
-    layer = net.mon
-    layer.solver = dataclasses.replace(layer.solver, fwd_tol=STATE_TOL, fwd_max_iter=max(STATE_MAX_ITER,
-                                       layer.solver.fwd_max_iter), on_nonconvergence="warn")
+    if isinstance(net, MonDEQNet):
+        layer = net.mon
+        layer.solver = dataclasses.replace(layer.solver, fwd_tol=STATE_TOL, fwd_max_iter=max(
+            STATE_MAX_ITER, layer.solver.fwd_max_iter), on_nonconvergence="warn")
     return net
 
 
 def exact_logits(model, x: torch.Tensor, batch_size: int, device) -> ExactLogits:
     """The exact model's logits on normalised inputs x, with the allowance that makes them proved."""
     starts = range(0, len(x), batch_size)
+    net = float64_copy(model, device)
     if not isinstance(model, MonDEQNet):
-        net = copy.deepcopy(model).to(device=device, dtype=torch.float64).eval()
         with torch.no_grad():
             logits = torch.cat([net(x[i:i + batch_size].to(device, torch.float64)).cpu()
                                 for i in ticking(starts, len(starts), "exact logits")])
         classes = logits.shape[1]
         return ExactLogits(logits, torch.zeros(len(x), dtype=torch.float64),
                            torch.zeros(classes, classes, dtype=torch.float64))
-    net = _tight_copy(model, device)
     op = net.mon.operator
     logits, errors = [], []
     with torch.no_grad(), warnings.catch_warnings():  # an unconverged float64 solve only widens the proved allowance

@@ -92,3 +92,25 @@ def describe(keys: list[str], now: Mapping, before: Mapping) -> str:
             tree = tree.get(part) if isinstance(tree, Mapping) else None
         return tree
     return "; ".join(f"{k}: {get(before, k)!r} recorded, {get(now, k)!r} now" for k in keys)
+
+
+def bound_settings(cfg) -> dict:
+    """The settings besides the checkpoint that change a bound (recorded with every bounds.json entry,
+    compared before one is reused): the model and m (an original-layout checkpoint does not record m),
+    the dataset (its normalisation), the bound and solver settings."""
+    from omegaconf import OmegaConf
+
+    plain = OmegaConf.to_container(cfg, resolve=True)
+    bound = {k: v for k, v in plain["bound"].items() if k not in ("methods", "test_error", "accept_poor_model")}
+    return {"model": plain["model"], "m": float(plain["m"]), "seed": plain["seed"], "bound": bound,
+            "generalization": plain["generalization"], "splitting": plain["splitting"],
+            "dataset": what("dataset", plain["dataset"])}
+
+
+def why_not_same(now: Mapping, before: Mapping) -> str | None:
+    """Why an entry's provenance `before` ({ckpt_sha256, settings}) is not of the result `now` would be:
+    another checkpoint, or the settings that differ; None when it is the same."""
+    if before.get("ckpt_sha256") != now.get("ckpt_sha256"):
+        return "of another checkpoint"
+    keys = differing(now.get("settings", {}), before.get("settings") or {})
+    return f"of other settings ({describe(keys, now.get('settings', {}), before.get('settings') or {})})" if keys else None

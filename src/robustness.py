@@ -33,8 +33,8 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from . import attack, certify, exact_model, loggers, provenance, summary
-from .errors import SolverError
+from . import attack, audit, certify, exact_model, loggers, provenance, summary
+from .errors import SolverError, UnsoundCertificateError
 from .evaluation import convergence, logits_of, pick_device, reset_convergence, warn_unconverged
 
 log = logging.getLogger(__name__)
@@ -60,15 +60,17 @@ def bounds_to_use(cfg: DictConfig) -> list[str]:
     return [AUTO_BOUND[cfg.model.name] if b == "auto" else str(b) for b in cfg.certify.bound]
 
 
-def bounds_record(run_dir: Path, sha256: str, bound: str) -> dict | None:
-    """The run dir's bounds.json, when its entry `bound` was computed from this checkpoint (content hash)."""
+def bounds_record(run_dir: Path, origin: dict, bound: str) -> dict | None:
+    """The run dir's bounds.json, when its entry `bound` is of this checkpoint and these settings
+    (`origin`: {ckpt_sha256, settings} as src.bound records them: model, m, dataset, bound settings)."""
     path = run_dir / "bounds.json"
     if not path.is_file():
         return None
     record = json.loads(path.read_text())
-    origin = record.get("provenance", {}).get(bound, {})
-    if origin.get("ckpt_sha256") != sha256:
-        log.info(f"{path} holds no {bound} of this checkpoint")
+    recorded = record.get("provenance", {}).get(bound)
+    why = "absent" if recorded is None else provenance.why_not_same(origin, recorded)
+    if why:
+        log.info(f"{path}: its {bound} is not reused ({why})")
         return None
     return record
 
@@ -80,12 +82,12 @@ def _bound_cfg(cfg: DictConfig, method: str) -> DictConfig:
 
 def lipschitz_constant(cfg: DictConfig, model, bound: str, sha256: str, run_dir: Path, test_x: torch.Tensor):
     """(L, source): a float, or the class-pair matrix for sdp_pairwise."""
-    record = bounds_record(run_dir, sha256, bound)
+    record = bounds_record(run_dir, {"ckpt_sha256": sha256, "settings": provenance.bound_settings(cfg)}, bound)
     if record is not None and record.get("upper", {}).get(bound) is not None:
         return record["upper"][bound], "bounds.json"
     from .bounds.registry import compute_bounds
 
-    log.info(f"{bound} not in a bounds.json of this checkpoint: computing it")
+    log.info(f"{bound}: computing it")
     record = compute_bounds(model, _bound_cfg(cfg, bound), test_x, None)
     value = record["upper"].get(bound)
     if value is None:
@@ -95,25 +97,33 @@ def lipschitz_constant(cfg: DictConfig, model, bound: str, sha256: str, run_dir:
 
 
 def _merge(previous: dict | None, record: dict) -> dict:
-    """Keep the curves of an earlier robustness.json of the same checkpoint and test points."""
+    """`record`, plus the curves of an earlier robustness.json that it did not recompute and that are of the
+    same checkpoint, test points and settings; the others are dropped with a line naming what differs."""
     if not previous:
         return record
-    same = all(previous.get(k) == record.get(k) for k in ("ckpt_sha256", "n_test", "dataset"))
-    if not same:
-        return record
     merged = dict(record)
-    curves = dict(previous.get("certified_curves", {}))
+    origin_now = next(iter([*record.get("certified_curves", {}).values(), record.get("pgd") or {}]), {})
+    origin_now = origin_now.get("provenance", {})
+
+    def kept(name: str, entry: dict) -> bool:
+        why = provenance.why_not_same(origin_now, entry.get("provenance", {}))
+        if entry.get("audit", {}).get("counterexamples"):
+            why = "its audit found counterexamples"
+        if why:
+            log.info(f"dropped {name} from the earlier robustness.json: {why}")
+        return not why
+
+    curves = {name: c for name, c in previous.get("certified_curves", {}).items()
+              if name not in record.get("certified_curves", {}) and kept(name, c)}
     curves.update(record.get("certified_curves", {}))
     if curves:
         merged["certified_curves"] = curves
-    for key in ("certified", "pgd"):
-        if key not in record and key in previous:
-            merged[key] = previous[key]
-    seconds = dict(previous.get("seconds", {}))
-    seconds.update(record.get("seconds", {}))
-    merged["seconds"] = seconds
-    if "checks" not in record and "checks" in previous:
-        merged["checks"] = previous["checks"]
+        merged.setdefault("certified", next(iter(curves.values())))
+    if "pgd" not in record and "pgd" in previous and kept("pgd", previous["pgd"]):
+        merged["pgd"] = previous["pgd"]
+        if "checks" in previous:
+            merged["checks"] = previous["checks"]
+    merged["seconds"] = {**previous.get("seconds", {}), **record.get("seconds", {})}
     return merged
 
 
@@ -196,6 +206,13 @@ def evaluate(cfg: DictConfig, model, sha256: str, run_dir: Path, images: torch.T
         record["certified"] = next(iter(curves.values()))
         record["certified_curves"] = curves
         record["seconds"]["certified"] = time.perf_counter() - start + bound_seconds
+        start = time.perf_counter()
+        for name, curve in curves.items():
+            curve["audit"] = audit.audit(model, x, labels, certify.certified_radii(curve, gaps, labels),
+                                         int(r.audit.steps), int(r.audit.restarts), batch, device, int(cfg.seed))
+            log.info(f"audit [{name}]: {curve['audit']['counterexamples']} counterexamples in "
+                     f"{curve['audit']['points']} certified balls")
+        record["seconds"]["audit"] = time.perf_counter() - start
     if "pgd" in methods:
         start = time.perf_counter()
         p = r.pgd
@@ -229,10 +246,14 @@ def evaluate(cfg: DictConfig, model, sha256: str, run_dir: Path, images: torch.T
 
 
 def settings(cfg: DictConfig, n_test: int) -> dict:
-    """The settings besides the checkpoint that change a curve (recorded with every entry)."""
+    """The settings besides the checkpoint that change a curve (recorded with every entry; an earlier
+    curve is kept beside new ones only when they are equal).  certify.bound, rule and eps are not among
+    them: they choose which curves there are and their radii, each curve carrying its own."""
     plain = OmegaConf.to_container(cfg, resolve=True)
-    return {"seed": plain["seed"], "n_test": n_test, "certify": plain["certify"],
-            "pgd": plain["robustness"]["pgd"], "splitting": plain["splitting"],
+    certify_what = {k: v for k, v in plain["certify"].items() if k not in ("bound", "rule", "eps")}
+    return {"model": plain["model"], "m": float(plain["m"]), "seed": plain["seed"], "n_test": n_test,
+            "certify": certify_what, "pgd": plain["robustness"]["pgd"], "audit": plain["robustness"]["audit"],
+            "splitting": plain["splitting"],
             "dataset": provenance.what("dataset", plain["dataset"])}
 
 
@@ -276,6 +297,11 @@ def robustness(cfg: DictConfig, run_dir: Path, m_given: bool = True) -> dict:
     path.write_text(json.dumps(record, indent=2))
     summary.write(run_dir, "robustness", summary.robustness(record))
     log.info(f"wrote {path}")
+    unsound = {name: c["audit"]["counterexamples"] for name, c in record.get("certified_curves", {}).items()
+               if c.get("audit", {}).get("counterexamples")}
+    if unsound:
+        raise UnsoundCertificateError(f"the audit found counterexamples inside certified balls ({unsound}; "
+                                      f"kept in {path}): a certificate of this run is wrong")
     return record
 
 

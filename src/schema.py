@@ -237,6 +237,8 @@ RULES: dict[str, Rule] = {
     "robustness.pgd.rel_stepsize": POSITIVE,
     "robustness.pgd.abs_stepsize": number(0, lo_open=True, null=True),
     "robustness.pgd.random_start": boolean(),
+    "robustness.audit.steps": NONNEG_INT,
+    "robustness.audit.restarts": POS_INT,
     "robustness.grids.*.*": listed(EPS, what="a list of radii"),
     "certify.bound": listed(choice("auto", *BOUND_METHODS, "local"), what="auto, a bound method, local, or a list of them"),
     "certify.local.method": choice("vertex", "monotone"),

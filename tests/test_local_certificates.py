@@ -395,3 +395,17 @@ def test_bench_record_of_the_local_certifier(compose, capsys):
     assert vertex["seconds_per_1000"] == pytest.approx(1000 * vertex["seconds"] / 300)
     assert all(m <= v for v, m in zip(vertex["accuracy"], mono["accuracy"]))
     assert len(vertex["mean_unstable"]) == len(vertex["over_cap"]) == 2
+
+
+def test_the_audit_finds_no_counterexample_in_certified_balls_and_finds_them_in_balls_5_percent_larger(planar):
+    from src.audit import audit
+
+    net, dm, x, labels, pair, cen, out = planar
+    cpu = torch.device("cpu")
+    clean = audit(net, x, labels, out["radius"], steps=30, restarts=3, batch_size=8, device=cpu)
+    assert clean["points"] == int((out["radius"] > 0).sum()) > 0 and clean["counterexamples"] == 0
+    assert clean["closest_margin"] > 0
+    # where the ball lies on one affine piece the radius is the exact distance to the boundary
+    tight = torch.where(out["unstable"] == 0, out["radius"] * 1.05, torch.zeros_like(out["radius"]))
+    larger = audit(net, x, labels, tight, steps=30, restarts=3, batch_size=8, device=cpu)
+    assert larger["points"] > 0 and larger["counterexamples"] == larger["points"]

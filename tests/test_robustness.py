@@ -291,20 +291,37 @@ def test_app_end_to_end_on_a_trained_checkpoint(run_app, tmp_path, tiny):
     assert all(a <= record["clean_accuracy"] for a in pgd["accuracy"])
     assert all(sum(c["certified_but_attacked"]) == 0 for c in record["checks"].values())
 
-    # L from the run dir's bounds.json when it is of this checkpoint; PGD kept from the first run
-    sha = hashlib.sha256((run_dir / "model.ckpt").read_bytes()).hexdigest()
-    (run_dir / "bounds.json").write_text(json.dumps({"upper": {"theorem1": 1e-3, "sdp_diag": 1e-4},
-                                                     "provenance": {"theorem1": {"ckpt_sha256": sha},
-                                                                    "sdp_diag": {"ckpt_sha256": "another"}}}))
+    # L from the run dir's bounds.json when its entry is of this checkpoint and these settings
+    assert run_app("bound", *tiny, "bound.methods=[theorem1]", "bound.test_error=false").returncode == 0
+    bounds = json.loads((run_dir / "bounds.json").read_text())
+    assert bounds["provenance"]["theorem1"]["settings"]["m"] == 1.0  # m recorded with every entry
     proc = run_app("robustness", *fast, "robustness.methods=[certified]", "certify.bound=theorem1")
     assert proc.returncode == 0, proc.stderr[-3000:]
     again = json.loads((run_dir / "robustness.json").read_text())
-    assert again["certified"]["lipschitz"] == 1e-3 and again["certified"]["source"] == "bounds.json"
-    assert again["certified"]["accuracy"][0] == pytest.approx(again["clean_accuracy"], abs=1 / 32)
-    assert again["pgd"] == pgd and "sdp_diag/tight" in again["certified_curves"]
-    assert again["pgd"]["provenance"]["ckpt_sha256"] == sha == again["certified"]["provenance"]["ckpt_sha256"]
+    assert again["certified"]["source"] == "bounds.json"
+    assert again["certified"]["lipschitz"] == bounds["upper"]["theorem1"]
+    assert again["pgd"] == pgd and "sdp_diag/tight" in again["certified_curves"]  # kept from the first run
     assert again["certified"]["provenance"]["settings"]["n_test"] == 32
+    assert again["certified"]["audit"]["counterexamples"] == 0 and again["certified"]["audit"]["points"] > 0
+    # an entry of other settings (m) is not reused: computed again, with a line saying why
+    bounds["provenance"]["theorem1"]["settings"]["m"] = 2.0
+    bounds["upper"]["theorem1"] = 1e-3
+    (run_dir / "bounds.json").write_text(json.dumps(bounds))
+    proc = run_app("robustness", *fast, "robustness.methods=[certified]", "certify.bound=theorem1")
+    assert proc.returncode == 0 and "m: 2.0 recorded, 1.0 now" in proc.stdout + proc.stderr, proc.stderr[-3000:]
+    assert json.loads((run_dir / "robustness.json").read_text())["certified"]["source"] == "computed"
+    # a wrong constant under the right provenance: the audit finds the counterexamples and the app fails
+    bounds["provenance"]["theorem1"]["settings"]["m"] = 1.0
+    (run_dir / "bounds.json").write_text(json.dumps(bounds))
+    proc = run_app("robustness", *fast, "robustness.methods=[certified]", "certify.bound=theorem1")
+    assert proc.returncode != 0 and "error: the audit found counterexamples" in proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr
+    wrong = json.loads((run_dir / "robustness.json").read_text())["certified"]
+    assert wrong["lipschitz"] == 1e-3 and wrong["audit"]["counterexamples"] > 0
     # an entry of another checkpoint's bounds is not used: sdp_diag is computed again
+    bounds["provenance"]["sdp_diag"] = {**bounds["provenance"]["theorem1"], "ckpt_sha256": "another"}
+    bounds["upper"]["sdp_diag"] = 1e-4
+    (run_dir / "bounds.json").write_text(json.dumps(bounds))
     proc = run_app("robustness", *fast, "robustness.methods=[certified]", "certify.bound=sdp_diag")
     assert proc.returncode == 0, proc.stderr[-3000:]
     third = json.loads((run_dir / "robustness.json").read_text())
