@@ -323,13 +323,28 @@ def _cross(cfg: DictConfig) -> None:
         raise ConfigError("protocol=margin needs protocol.threshold (the margin error to reach, in [0, 1])")
     lipschitz = cfg.get("certify", {}).get("lipschitz") if "certify" in cfg else None
     if lipschitz is not None:
-        plain = OmegaConf.to_container(lipschitz) if OmegaConf.is_config(lipschitz) else lipschitz
-        scalar = _is_number(plain) and math.isfinite(plain) and plain > 0
-        matrix = (isinstance(plain, list) and plain and all(isinstance(r, list) and len(r) == len(plain) for r in plain)
-                  and all(_is_number(v) and math.isfinite(v) and v >= 0 for r in plain for v in r))
-        if not (scalar or matrix):
-            raise ConfigError(f"certify.lipschitz={plain!r}: allowed: a number > 0, a classes x classes matrix of "
-                              f"numbers >= 0, or null")
+        _check_given_lipschitz(OmegaConf.to_container(lipschitz) if OmegaConf.is_config(lipschitz) else lipschitz,
+                               ds.get("num_classes") if ds is not None else None,
+                               OmegaConf.to_container(cfg.certify.get("bound")) if "bound" in cfg.certify else [])
+
+
+def _check_given_lipschitz(plain, classes, bounds) -> None:
+    """certify.lipschitz: a number > 0, or a classes x classes matrix, symmetric, > 0 off the diagonal;
+    it replaces every bound, so it cannot stand beside certify.bound=local (whose global constants it
+    would silently change)."""
+    scalar = _is_number(plain) and math.isfinite(plain) and plain > 0
+    square = (isinstance(plain, list) and len(plain) == (classes or len(plain)) and len(plain) >= 2
+              and all(isinstance(r, list) and len(r) == len(plain) for r in plain)
+              and all(_is_number(v) and math.isfinite(v) for r in plain for v in r))
+    matrix = square and all(plain[i][j] == plain[j][i] and (i == j or plain[i][j] > 0)
+                            for i in range(len(plain)) for j in range(len(plain)))
+    if not (scalar or matrix):
+        raise ConfigError(f"certify.lipschitz={plain!r}: allowed: a number > 0, a {classes or 'classes'} x "
+                          f"{classes or 'classes'} matrix (dataset.num_classes), symmetric, > 0 off the diagonal, "
+                          f"or null")
+    if "local" in (bounds if isinstance(bounds, list) else [bounds]):
+        raise ConfigError("certify.lipschitz replaces every bound, and certify.bound=local needs the global "
+                          "class-pair constants it computes: give one of them, not both")
 
 
 def check(cfg: DictConfig) -> None:

@@ -295,3 +295,17 @@ def test_unrolled_grid_marks_divergence_and_takes_the_minimum():
     assert r["value"] == min(v for v in r["bound"] if v is not None)
     with pytest.raises(ValueError):
         mondeq.unrolled(net, "newton", x)
+
+
+def test_a_non_finite_bound_is_a_failure_never_a_number(compose):
+    """An Inf weight makes theorem1 NaN or Inf: bounds.json lists it under `failed`, not under `upper`."""
+    from src.bounds.registry import compute_bounds
+    from src.models import build_model
+
+    cfg = compose(["model=mon_fc", "model.width=6", "dataset=synthetic", "bound.methods=[theorem1]"],
+                  config_name="bound")
+    model = build_model(cfg.model, 1.0, cfg.splitting, tuple(cfg.dataset.in_shape), cfg.dataset.num_classes)
+    with torch.no_grad():
+        model.Wout.weight[0, 0] = float("inf")
+    record = compute_bounds(model, cfg)
+    assert "theorem1" not in record["upper"] and "non-finite" in record["failed"]["theorem1"]

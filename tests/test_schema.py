@@ -55,6 +55,10 @@ def test_every_composed_config_passes_and_every_key_has_a_rule(compose, app, ove
     ("robustness", "certify.rule=loose", "certify.rule='loose'"),
     ("robustness", "certify.lipschitz=-3", "certify.lipschitz=-3"),
     ("robustness", "certify.lipschitz=[[1,2]]", "certify.lipschitz=[[1, 2]]"),
+    ("robustness", "certify.lipschitz=[[0,1],[1,0]]", "a 10 x 10 matrix"),  # mnist has 10 classes
+    ("robustness", "certify.lipschitz=inf", "certify.lipschitz=inf"),
+    ("robustness", "certify.bound=local certify.lipschitz=3", "not both"),
+    ("robustness", "robustness.audit.restarts=0", "robustness.audit.restarts=0"),
     ("robustness", "robustness.methods=[]", "robustness.methods=[]: allowed: a non-empty list"),
     ("robustness", "robustness.device=tpu", "robustness.device='tpu'"),
 ])
@@ -86,6 +90,11 @@ def test_bare_values_of_list_keys_become_lists_and_numbers_their_type(compose, a
 def test_a_matrix_of_class_pair_constants_is_a_lipschitz_value(compose):
     matrix = "[" + ",".join("[" + ",".join("0" if i == j else "2" for j in range(10)) + "]" for i in range(10)) + "]"
     validate(compose([f"certify.lipschitz={matrix}"], config_name="robustness"))
+    for bad in ("0", "-2"):  # a zero or negative constant off the diagonal, or an asymmetric matrix
+        rows = [[bad if (i, j) == (0, 1) else ("0" if i == j else "2") for j in range(10)] for i in range(10)]
+        wrong = "[" + ",".join("[" + ",".join(r) + "]" for r in rows) + "]"
+        with pytest.raises(ConfigError, match="symmetric, > 0 off the diagonal"):
+            validate(compose([f"certify.lipschitz={wrong}"], config_name="robustness"))
 
 
 def test_trainer_keys_are_lightnings_arguments_or_refused(compose):

@@ -25,3 +25,24 @@ def test_unlicensed_mosek_falls_back_to_scs_with_a_warning(monkeypatch):
 def test_failed_solves_give_no_number():
     report = solve(_problem(), solvers=("NOT_A_SOLVER",))
     assert not report.ok and report.solver is None and report.skipped == {"NOT_A_SOLVER": "not installed"}
+
+
+def test_the_class_pair_and_diagonal_sdp_checks_inflate_rho_by_their_rounding():
+    """The a posteriori check's rho is the exact Schur complement, times the rounding factor of cond(M)."""
+    import numpy as np
+
+    from src.bounds.mondeq import _DiagSDP
+    from src.bounds.sdp import schur_rounding
+
+    rng = np.random.default_rng(0)
+    A, B, U = rng.normal(size=(6, 6)), rng.normal(size=(6, 6)), rng.normal(size=(6, 4))
+    W = 0.5 * np.eye(6) - A.T @ A + B - B.T
+    problem = _DiagSDP(W, U, 0.5)
+    lam = np.ones(6)
+    G = np.eye(6) * 1e-3
+    rho, _ = problem.certify(lam, G)
+    M = problem.K + problem.K.T - G
+    plain = float(np.linalg.eigvalsh(problem.F.T @ np.linalg.solve(M, problem.F))[-1])
+    factor = schur_rounding(np.linalg.eigvalsh(M))
+    assert factor > 1 + 1e-12 and rho == pytest.approx(plain * factor, rel=1e-13)
+    assert schur_rounding([1e-6, 1.0]) == pytest.approx(1 + 1e-6 + 1e-12)

@@ -76,7 +76,7 @@ import scipy.linalg as sla
 import torch
 from torch import nn
 
-from .sdp import solve
+from .sdp import schur_rounding, solve
 
 VARIANTS = ("neuron", "layer")
 FORMULATIONS = ("chordal", "dense")
@@ -279,8 +279,7 @@ def certify(weights: list[np.ndarray], t: list[np.ndarray]) -> dict:
     x = sla.cho_solve(sla.cho_factor(r), c)
     m = c.T @ x
     rho = max(float(np.linalg.eigvalsh((m + m.T) / 2)[-1]), 0.0)
-    # rounding: relative error of the Schur complement ~ cond(R) * machine eps
-    rho *= 1 + 1e-12 * scale / evals[0] + 1e-12
+    rho *= schur_rounding(evals)
     return {"rho": rho, "margin": float(evals[0] / scale), "shift": shift}
 
 

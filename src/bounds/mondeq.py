@@ -234,7 +234,7 @@ class _DiagSDP:
             M = lhs(lam)
         C = np.linalg.cholesky(M)
         Y = np.linalg.solve(C, lam[:, None] * self.F)
-        rho = float(np.linalg.norm(Y, 2) ** 2)
+        rho = float(np.linalg.norm(Y, 2) ** 2) * sdp.schur_rounding(np.linalg.eigvalsh(M))
         return rho, lam
 
     def solve(self, G: np.ndarray, solvers=sdp.DEFAULT_SOLVERS, eps: float = DIAG_EPS, warm: bool = False):

@@ -117,6 +117,13 @@ def jsonable(value):
     return value
 
 
+def _finite(value) -> bool:
+    """A number, or a class-pair matrix whose entries (None: a failed pair) are, finite and >= 0."""
+    if isinstance(value, (list, tuple)):
+        return all(v is None or _finite(v) for row in value for v in row)
+    return isinstance(value, (int, float)) and math.isfinite(value) and value >= 0
+
+
 def compute_bounds(model, cfg: DictConfig, test_x=None, test_y=None) -> dict:
     """Run the selected methods on `model`; returns their part of the bounds.json record."""
     names = select_methods(model, cfg.bound.methods)
@@ -138,6 +145,9 @@ def compute_bounds(model, cfg: DictConfig, test_x=None, test_y=None) -> dict:
         value = result.get("matrix") if name == "sdp_pairwise" else result.get("value")
         if value is None:
             record["failed"][name] = result.get("status", "no value")
+        elif not _finite(value):  # a NaN or Inf weight: a number that is not one is a failure, never a bound
+            record["failed"][name] = f"non-finite value {value!r}"
+            log.warning(f"warning: {name}: non-finite value {value!r} (non-finite weights?): recorded as failed")
         else:
             record[method.kind][name] = value
         solver = f", {result['sdp_report'].get('solver')}" if result.get("sdp_report") else ""
