@@ -202,3 +202,13 @@ def test_ten_thousand_fc_points_in_well_under_a_minute():
     res = lower.grad_norm(net, x, box=(-0.42, 2.78))
     assert time.perf_counter() - start < 60
     assert res["n_points"] == 10_000 and res["value"] > 0
+
+
+def test_ascent_steps_that_leave_the_box_are_clipped_back_into_it():
+    """Steps far larger than the box: every candidate lands outside it unless clipped."""
+    net = fc_net(seed=3, m=0.5, scale=2.0)
+    low, high = 0.0, 0.05
+    x = low + (high - low) * torch.rand(20, 1, 4, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    res = lower.grad_norm(net, x, ascent_steps=4, ascent_top=8, box=(low, high), step_size=50.0)
+    p = res["argmax_point"]
+    assert float(p.min()) >= low and float(p.max()) <= high

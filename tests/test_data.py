@@ -228,3 +228,12 @@ def test_a_damaged_cifar_batch_is_named_not_reported_missing(compose, tmp_path):
     (folder / "data_batch_3").write_bytes((folder / "data_batch_3").read_bytes()[:40])
     with pytest.raises(DatasetError, match="present but unreadable"):
         load_splits(dataset_cfg(compose, "cifar10", f"dataset.root={tmp_path}", "dataset.download=false"))
+
+
+def test_normalise_maps_bytes_to_unit_pixels_then_standardises():
+    from src.data import Split, normalise
+
+    images = torch.tensor([0, 51, 255], dtype=torch.uint8).view(3, 1, 1, 1)
+    got = normalise(Split(images, torch.zeros(3, dtype=torch.long)), [0.1307], [0.3081])
+    expected = (torch.tensor([0.0, 0.2, 1.0]) - 0.1307) / 0.3081
+    torch.testing.assert_close(got.flatten(), expected, rtol=0, atol=1e-6)

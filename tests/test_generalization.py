@@ -243,3 +243,18 @@ def test_generalization_entry_point_for_mondeqs_and_dnns():
     assert rec["method"] == "neyshabur2018"
     assert rec["neyshabur"] == pytest.approx(rec["train_margin_loss"] + rec["complexity_term"])
     assert rec["details"]["neyshabur"]["inputs"]["depth"] == 3 and rec["details"]["neyshabur"]["inputs"]["h"] == 8
+
+
+@pytest.mark.parametrize("m", [0.5, 2.0])
+def test_complexity_term_scales_with_m_as_the_formula_says(m):
+    """At m != 1 every power of m matters (m^4 in the KL term; m and m^2 in K): the hand evaluation at
+    m = 1 cannot tell m^4 from m^2."""
+    c, B, gamma, M, h = 1e-4, 50.0, 10.0, 4096, 2
+    out = mondeq_pac_bayes(small_mondeq(m), train_margin_loss=0.05)
+    beta, S = 2.0, 13.25  # as at m = 1: m changes none of the norms
+    assert (out["inputs"]["beta"], out["inputs"]["norm_sum"]) == pytest.approx((beta, S))
+    K = (2 * beta ** 3 * (1 + c) ** 3 * (1 + gamma / (4 * beta)) * (B + 1) + 2 * m * beta * (1 + c) * (B + 1)
+         * (1 - c) ** 2 + m ** 2 * (1 - c) ** 3)
+    first = 16 * h * math.log(24 * h) * K ** 2 * S / (gamma ** 2 * m ** 4 * (1 - c) ** 6 * (M - 1))
+    second = math.log(3 * M ** 1.5 / (c * 0.1)) / (M - 1)
+    assert out["complexity_term"] == pytest.approx(4 * math.sqrt(first + second), rel=1e-10)

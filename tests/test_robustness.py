@@ -349,3 +349,18 @@ def test_conv_mondeqs_are_certified_with_the_pooled_theorem1(run_app, tmp_path, 
     assert 0 < pooled["lipschitz"] <= plain["lipschitz"]
     assert all(p >= a for p, a in zip(pooled["accuracy"], plain["accuracy"]))
     assert sum(json.loads(path.read_text())["checks"]["theorem1_pooled/paper"]["certified_but_attacked"]) == 0
+
+
+def test_rounding_can_never_tip_a_comparison_to_certified():
+    """A gap above its threshold by less than float64 rounding could hide is not a certificate; the
+    certified radius stops short of that zone, and a clear gap still certifies."""
+    logits = torch.tensor([[2.0, 0.0, -1.0]], dtype=torch.float64)
+    labels = torch.tensor([0])
+    gaps = certify.gaps_of(logits, labels)
+    near = 2.0 / (2 * 1.0) * (1 - 1e-12)  # paper rule: threshold 2 L eps = 2 (1 - 1e-12), gap 2
+    assert not certify.certified(gaps, 1.0, near, "paper")[0]
+    assert certify.certified(gaps, 1.0, 0.99, "paper")[0]
+    curve = {"rule": "paper", "lipschitz": 1.0}
+    radius = float(certify.certified_radii(curve, gaps, labels)[0])
+    assert radius < near and certify.certified(gaps, 1.0, radius * (1 - 1e-9), "paper")[0]
+    assert not certify.certified(gaps, 1.0, radius * (1 + 1e-9), "paper")[0]
