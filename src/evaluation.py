@@ -49,8 +49,8 @@ def convergence(model) -> dict | None:
 def warn_unconverged(record: dict | None, where: str) -> None:
     """One console line per direction in which some solve ended above its tolerance."""
     for what, r in (record or {}).items():
-        if r["solves"] and r["converged_fraction"] < 1:
-            failed = r["solves"] - round(r["converged_fraction"] * r["solves"])
-            log.warning(f"warning: {where}: {failed} of {r['solves']} {what} solves ended above the tolerance "
+        if r["samples"] and r["converged_fraction"] < 1:
+            failed = r["samples"] - round(r["converged_fraction"] * r["samples"])
+            log.warning(f"warning: {where}: {failed} of {r['samples']} samples' {what} solves ended above the tolerance "
                         f"(worst relative residual {r['worst_residual']:.3g}); the numbers rest on unconverged "
                         f"equilibria (splitting.on_nonconvergence=error refuses them)")

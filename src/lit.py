@@ -152,9 +152,10 @@ class LitClassifier(L.LightningModule):
     def _tally_across_ranks(self, tally: ConvergenceTally) -> ConvergenceTally:
         if self._trainer is None or self.trainer.world_size == 1:
             return tally
-        counts = self._across_ranks(torch.tensor([tally.solves, tally.converged], device=self.device), "sum")
+        counts = self._across_ranks(torch.tensor([tally.solves, tally.samples, tally.converged], device=self.device),
+                                    "sum")
         worst = self._across_ranks(torch.tensor(tally.worst_residual, dtype=torch.float64, device=self.device), "max")
-        return ConvergenceTally(int(counts[0]), int(counts[1]), float(worst))
+        return ConvergenceTally(int(counts[0]), int(counts[1]), int(counts[2]), float(worst))
 
     def evaluation(self) -> dict[str, float]:
         """test_error, train_error and margin_error of the last trainer.test, and of how many examples."""
@@ -189,7 +190,8 @@ class LitClassifier(L.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.totals.update(checkpoint.get("totals", {}))
         for what, fields in checkpoint.get("train_tallies", {}).items():
-            self.train_tallies[what] = ConvergenceTally(**fields)
+            # a checkpoint of before per-sample counts counted each solve once: as one sample
+            self.train_tallies[what] = ConvergenceTally(**{"samples": fields.get("solves", 0), **fields})
         if "initial_state_dict" in checkpoint:
             self.initial_state = checkpoint["initial_state_dict"]
         # Only when a fit resumes (not in load_from_checkpoint): Lightning restores the checkpoint

@@ -182,7 +182,9 @@ def test_solves_are_counted_and_nonconvergence_can_be_an_error():
     assert record["forward"]["solves"] == 2 and record["backward"]["solves"] == 1
     assert record["forward"]["converged_fraction"] == 1.0 and 0 < record["forward"]["worst_residual"] <= 1e-3
     net.reset_convergence()
-    assert net.convergence()["forward"] == {"solves": 0, "converged_fraction": None, "worst_residual": None}
+    assert record["forward"]["samples"] == 6 and record["backward"]["samples"] == 3
+    assert net.convergence()["forward"] == {"solves": 0, "samples": 0, "converged_fraction": None,
+                                            "worst_residual": None}
 
     strict = MonFCNet((1, 4, 4), 10, 8, 2.0, SolverConfig(fwd_tol=1e-14, fwd_max_iter=2, check_every=1,
                                                          on_nonconvergence="error"))
@@ -300,3 +302,26 @@ def test_anderson_stays_finite_where_its_history_is_collinear(reg):
     assert torch.isfinite(x).all()
     if reg == 0.0:
         assert torch.equal(x, 3 * d)
+
+
+def test_a_hard_sample_does_not_hide_behind_the_easy_ones_of_its_batch():
+    """The batch's residual stops the solve; the counts are per sample: one slow row of ten, still above
+    the tolerance when the batch is below it, is counted unconverged, and its residual is the worst."""
+    from src.mondeq.splitting import ConvergenceTally, FixedPointMap, _relative, solve
+
+    rate = torch.tensor([0.1] * 9 + [0.9]).view(-1, 1)
+    ref = torch.ones(10, 1)
+
+    def step(x, check):
+        nxt = rate * x
+        return nxt, ((x, _relative(x - nxt, ref)) if check else None)
+
+    start = torch.tensor([1000.0] * 9 + [1.0]).view(-1, 1)
+    _, stats = solve(FixedPointMap(start, step), tol=1e-3, max_iter=500, check_every=1, anderson=0,
+                     on_nonfinite=lambda i: None)
+    assert stats.converged and stats.residual <= 1e-3
+    assert (stats.samples, stats.converged_samples) == (10, 9) and stats.worst_sample_residual > 1e-3
+    tally = ConvergenceTally()
+    tally.add(stats)
+    assert tally.record() == {"solves": 1, "samples": 10, "converged_fraction": 0.9,
+                              "worst_residual": stats.worst_sample_residual}

@@ -28,12 +28,16 @@ _EPS = 1e-6
 
 @dataclass
 class SolveStats:
-    """One solve: iterations run, relative equilibrium residual of the returned point, wall time."""
+    """One solve: iterations run, relative equilibrium residual of the returned point (the batch's: what
+    stops the solve), wall time; and per sample: how many, how many reached the tolerance, the worst."""
 
     iters: int = 0
     residual: float = math.nan
     seconds: float = 0.0
     converged: bool = False
+    samples: int = 0
+    converged_samples: int = 0
+    worst_sample_residual: float = math.nan
 
 
 @dataclass(frozen=True)
@@ -74,42 +78,49 @@ class SolverConfig:
 
 @dataclass
 class ConvergenceTally:
-    """The solves of one direction since the last reset: how many reached their tolerance, the worst residual."""
+    """The solves of one direction since the last reset, counted per sample (a hard sample does not hide
+    behind the easy ones of its batch): how many reached their tolerance, the worst sample's residual."""
 
     solves: int = 0
+    samples: int = 0
     converged: int = 0
     worst_residual: float = 0.0
 
     def add(self, stats: SolveStats) -> None:
         self.solves += 1
-        self.converged += int(stats.converged)
+        self.samples += stats.samples
+        self.converged += stats.converged_samples
         # nan never compares greater: a non-finite residual raises before it gets here
-        self.worst_residual = max(self.worst_residual, stats.residual)
+        self.worst_residual = max(self.worst_residual, stats.worst_sample_residual)
 
     def merge(self, other: "ConvergenceTally") -> None:
         self.solves += other.solves
+        self.samples += other.samples
         self.converged += other.converged
         self.worst_residual = max(self.worst_residual, other.worst_residual)
 
     def record(self) -> dict:
         """The fields written to metrics.json, bounds.json and robustness.json."""
-        return {"solves": self.solves, "converged_fraction": self.converged / self.solves if self.solves else None,
-                "worst_residual": self.worst_residual if self.solves else None}
+        return {"solves": self.solves, "samples": self.samples,
+                "converged_fraction": self.converged / self.samples if self.samples else None,
+                "worst_residual": self.worst_residual if self.samples else None}
 
 
-Checked = Optional[tuple[torch.Tensor, torch.Tensor]]
+Checked = Optional[tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]]
 
 
 @dataclass
 class FixedPointMap:
-    """x -> T(x) from `start`; step(x, check) returns T(x) and, when `check`, (point, its residual)."""
+    """x -> T(x) from `start`; step(x, check) returns T(x) and, when `check`, (point, its residuals: the
+    batch's and each sample's, `_relative`)."""
 
     start: torch.Tensor
     step: Callable[[torch.Tensor, bool], tuple[torch.Tensor, Checked]]
 
 
-def _relative(diff: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
-    return diff.norm() / (_EPS + ref.norm())
+def _relative(diff: torch.Tensor, ref: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The relative residual of the batch (what stops a solve) and of each sample (what is counted)."""
+    return diff.norm() / (_EPS + ref.norm()), diff.norm(dim=1) / (_EPS + ref.norm(dim=1))
 
 
 class Anderson:
@@ -163,7 +174,7 @@ def solve(fp: FixedPointMap, tol: float, max_iter: int, check_every: int, anders
         n = min(check_every, max_iter - stats.iters)
         for _ in range(n - 1):
             x, _ = step(x, False)
-        x, (point, residual) = step(x, True)
+        x, (point, (residual, per_sample)) = step(x, True)
         stats.iters += n
         stats.residual = residual.item()
         if not math.isfinite(stats.residual):
@@ -171,6 +182,9 @@ def solve(fp: FixedPointMap, tol: float, max_iter: int, check_every: int, anders
         if stats.residual <= tol:
             stats.converged = True
             break
+    # one host sync per solve for the per-sample count, none per iteration
+    count, worst = torch.stack([(per_sample <= tol).sum().to(per_sample.dtype), per_sample.max()]).tolist()
+    stats.samples, stats.converged_samples, stats.worst_sample_residual = len(per_sample), int(count), worst
     stats.seconds = time.perf_counter() - start
     return point, stats
 
