@@ -30,7 +30,7 @@ import warnings
 import torch
 
 from .certify import ROUNDING, Gaps, gaps_of
-from .mondeq.networks import MonDEQNet
+from .mondeq.networks import MonDEQNet, readout_rows
 from .progress import ticking
 
 STATE_TOL = 1e-9       # relative residual the float64 solve aims at (the bound holds whatever it reaches)
@@ -58,9 +58,7 @@ class ExactLogits:
 
 
 def _pair_norms(net) -> torch.Tensor:
-    from .bounds.mondeq import readout_rows
-
-    rows = readout_rows(net)
+    rows = readout_rows(net).cpu()
     gram = rows.T @ rows
     diag = gram.diagonal()
     return (diag[:, None] + diag[None, :] - 2 * gram).clamp_min(0).sqrt()

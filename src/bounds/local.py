@@ -54,7 +54,7 @@ import torch
 
 from ..certify import ROUNDING, Gaps, clears, gaps_of, radius
 from ..errors import ConfigError
-from .mondeq import readout_rows
+from ..mondeq.networks import readout_rows
 
 BALL_METHODS = ("vertex", "monotone")
 # Dense (h x h) per-point solves: beyond this state size the method is refused (a
@@ -114,7 +114,7 @@ def dense_mondeq(net, in_shape) -> DenseMonDEQ:
         U = (op64.input_term(net64.prepare(unit)).flatten(1) - b).T
     live = _live(op)
     W, U, b = W[live][:, live], U[live], b[live]
-    return DenseMonDEQ(W=W, U=U, b=b, C=readout_rows(net)[live], b_out=net.Wout.bias.detach().cpu().double(),
+    return DenseMonDEQ(W=W, U=U, b=b, C=readout_rows(net).cpu()[live], b_out=net.Wout.bias.detach().cpu().double(),
                        G=U @ U.T, m=float(op.m))
 
 

@@ -28,6 +28,7 @@ import torch
 from ..mondeq.fc import FullyConnectedOperator
 from ..mondeq.spectral import conv_spectrum
 from ..mondeq.splitting import SPLITTING_METHODS, solve
+from ..mondeq.networks import readout_rows
 from . import sdp
 
 # SCS tolerances.  The reported values never rely on them for validity (they are
@@ -105,24 +106,9 @@ def input_norm(op) -> float:
         return float(np.linalg.norm(_np64(op.dense_input_matrix()), 2))
 
 
-def readout_rows(net) -> torch.Tensor:
-    """R^T W_out^T as a (state_size, classes) float64 matrix: the output layer pulled back to z.
-
-    R (net.readout) is linear and parameter-free, so one vector-Jacobian
-    product per class at z = 0 gives it exactly.
-    """
-    n = net.mon.operator.state_size
-    Wo = net.Wout.weight.detach().cpu().to(torch.float64)
-    z = torch.zeros(1, n, dtype=torch.float64, requires_grad=True)  # on the CPU: R has no parameters
-    feats = net.readout(z)
-    rows = [torch.autograd.grad(feats, z, grad_outputs=Wo[k].view(1, -1), retain_graph=True)[0][0]
-            for k in range(Wo.shape[0])]
-    return torch.stack(rows, dim=1)
-
-
 def output_readout_norm(net) -> float:
     """||W_out R||_2 exactly, from the (classes x classes) Gram matrix (W_out R)(W_out R)^T."""
-    rows = readout_rows(net)
+    rows = readout_rows(net).cpu()
     gram = rows.T @ rows
     return float(torch.linalg.eigvalsh(gram).max().clamp_min(0).sqrt())
 

@@ -89,3 +89,19 @@ class MonMultiConvNet(_PaddedConvNet):
 
     def readout(self, z):
         return z[:, -self.last_size:]
+
+
+def readout_rows(net) -> torch.Tensor:
+    """R^T W_out^T as a (state_size, classes) float64 matrix on the output layer's device: the output
+    layer pulled back to z.
+
+    R (net.readout) is linear and parameter-free, so one vector-Jacobian
+    product per class at z = 0 gives it exactly.
+    """
+    n = net.mon.operator.state_size
+    Wo = net.Wout.weight.detach().to(torch.float64)
+    z = torch.zeros(1, n, dtype=torch.float64, device=Wo.device, requires_grad=True)
+    feats = net.readout(z)
+    rows = [torch.autograd.grad(feats, z, grad_outputs=Wo[k].view(1, -1), retain_graph=True)[0][0]
+            for k in range(Wo.shape[0])]
+    return torch.stack(rows, dim=1)
