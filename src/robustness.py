@@ -26,14 +26,13 @@ certify.bound, or `pgd` under robustness.methods=[certified]) are kept.
 from __future__ import annotations
 
 import logging
-import json
 import time
 from pathlib import Path
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from . import attack, certify, loggers, provenance, summary
+from . import attack, certify, files, loggers, provenance, summary
 from .errors import SolverError
 from .evaluation import convergence, logits_of, pick_device, reset_convergence, warn_unconverged
 
@@ -63,9 +62,9 @@ def bounds_to_use(cfg: DictConfig) -> list[str]:
 def bounds_record(run_dir: Path, sha256: str, bound: str) -> dict | None:
     """The run dir's bounds.json, when its entry `bound` was computed from this checkpoint (content hash)."""
     path = run_dir / "bounds.json"
-    if not path.is_file():
+    record = files.read_json(path)
+    if record is None:
         return None
-    record = json.loads(path.read_text())
     origin = record.get("provenance", {}).get(bound, {})
     if origin.get("ckpt_sha256") != sha256:
         log.info(f"{path} holds no {bound} of this checkpoint")
@@ -241,10 +240,15 @@ def run(cfg: DictConfig) -> dict:
 def robustness(cfg: DictConfig, run_dir: Path, m_given: bool = True) -> dict:
     """Certified and PGD curves of cfg's checkpoint, written to <run_dir>/robustness.json."""
     from .checkpoints import check_not_poor, load_model
+    from .cli import keep_config
     from .data import load_splits
 
     torch.manual_seed(cfg.seed)
     loaded = load_model(cfg, run_dir, m_given)
+    path = run_dir / "robustness.json"
+    previous = files.read_json(path)  # now: a damaged file refuses the run before its work, not after
+    files.check_json(run_dir / "bounds.json", run_dir / loggers.RUN_FILE)
+    keep_config(cfg, run_dir)
     _, test = load_splits(cfg.dataset)
     n = len(test.labels) if cfg.robustness.n_test is None else min(int(cfg.robustness.n_test), len(test.labels))
     images = test.images[:n].to(torch.float32) / 255
@@ -259,10 +263,8 @@ def robustness(cfg: DictConfig, run_dir: Path, m_given: bool = True) -> dict:
             entry["provenance"] = origin
     record.update(dataset=cfg.dataset.name, profile=cfg.get("profile"), model=OmegaConf.to_container(cfg.model),
                   m=cfg.m, ckpt=loaded.path, ckpt_sha256=loaded.sha256, convergence=solves)
-    path = run_dir / "robustness.json"
-    previous = json.loads(path.read_text()) if path.is_file() else None
     record = _merge(previous, record)
-    path.write_text(json.dumps(record, indent=2))
+    files.write_json(path, record)
     summary.write(run_dir, "robustness", summary.robustness(record))
     log.info(f"wrote {path}")
     return record
