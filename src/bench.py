@@ -217,8 +217,11 @@ def run(cfg, m_given: bool = True) -> dict:
 
 
 def _app(cfg) -> dict:
-    from .cli import given_keys
+    from hydra.core.hydra_config import HydraConfig
 
+    from .cli import given_keys, keep_config
+
+    keep_config(cfg, Path(HydraConfig.get().runtime.output_dir))  # no lock, no result files: nothing to wait for
     return run(cfg, m_given="m" in given_keys())
 
 

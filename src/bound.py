@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from . import loggers, provenance, summary
+from . import files, loggers, provenance, summary
 from .bounds import generalization as gen
 from .bounds.registry import METHODS, compute_bounds, jsonable, select_methods
 
@@ -89,12 +89,17 @@ def run(cfg: DictConfig) -> dict:
 def bound(cfg: DictConfig, run_dir: Path, m_given: bool = True) -> dict:
     """Compute the bounds of cfg's checkpoint and write <run_dir>/bounds.json; returns its record."""
     from .checkpoints import check_not_poor, load_model
+    from .cli import keep_config
     from .data import DatasetMissingError, load_splits, normalise
     from .errors import ConfigError
     from .evaluation import convergence, reset_convergence, test_error, warn_unconverged
 
     torch.manual_seed(cfg.seed)
     loaded = load_model(cfg, run_dir, m_given)
+    path = run_dir / "bounds.json"
+    previous = files.read_json(path)  # now: a damaged file refuses the run before its work, not after
+    files.check_json(run_dir / loggers.RUN_FILE)
+    keep_config(cfg, run_dir)
     model = loaded.model
     try:
         names = select_methods(model, cfg.bound.methods)
@@ -131,10 +136,8 @@ def bound(cfg: DictConfig, run_dir: Path, m_given: bool = True) -> dict:
     record.update(model=OmegaConf.to_container(cfg.model), m=cfg.m, dataset=cfg.dataset.name,
                   profile=cfg.get("profile"), ckpt=loaded.path, ckpt_sha256=loaded.sha256, convergence=solves,
                   provenance={name: origin for name in entries})
-    run_dir.mkdir(parents=True, exist_ok=True)
-    path = run_dir / "bounds.json"
-    record = merge(json.loads(path.read_text()) if path.is_file() else None, record)
-    path.write_text(json.dumps(record, indent=2))
+    record = merge(previous, record)
+    files.write_json(path, record)
     summary.write(run_dir, "bound", summary.bounds(record))
     log.info(f"wrote {path}")
     return record

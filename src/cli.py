@@ -5,20 +5,25 @@ Each app is `python -m src.<app>` with a task function wrapped by `hydra_app`:
     @hydra_app("config")
     def main(cfg): ...
 
-The configs live in conf/ (see conf/config.yaml).
+The configs live in conf/ (see conf/config.yaml).  Before Hydra starts the first job, `Checks`
+(a Hydra callback, conf/config.yaml's hydra.callbacks) checks every job of the command: a sweep
+with one bad value runs none.  Each app saves Hydra's record of the job (.hydra/<app>/) itself, with
+`keep_config`, once the run dir is its own and its files fit the command.
 """
 from __future__ import annotations
 
+import copy
 import functools
-import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import hydra
-from omegaconf import DictConfig, OmegaConf
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
-from .errors import ConfigError, ProjectError
+from . import files
+from .errors import ConfigError, one_line_errors
 
 CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
 
@@ -75,12 +80,13 @@ def given_keys() -> set[str]:
 
 
 def validate(cfg: DictConfig) -> None:
-    """Reject what would fail later, before any data or training: every key (src/schema.py), and the model.
+    """Reject what would fail later, before any data or training: every key (src/schema.py), the model,
+    the logger's environment (WANDB_MODE).
 
     Normalises in place (m a float, a bare value of a list key a list of one). Wrong group
     values never get here: Hydra rejects them while composing.
     """
-    from . import schema
+    from . import loggers, schema
     from .models import build_model  # the one place that knows the fields of each model
 
     schema.check(cfg)
@@ -88,6 +94,94 @@ def validate(cfg: DictConfig) -> None:
         build_model(cfg.model, cfg.m, cfg.splitting, tuple(cfg.dataset.in_shape), cfg.dataset.num_classes)
     except ValueError as err:
         raise ConfigError(str(err)) from None
+    loggers.check_logger(cfg.logger)
+
+
+def _typed(config: DictConfig) -> list[str]:
+    """The overrides as typed: `m=${seed}` read from the config would be resolved (or fail, for a missing key)."""
+    return OmegaConf.to_container(config.hydra.overrides.task, resolve=False)
+
+
+def refuse_deletions(overrides: Sequence[str]) -> None:
+    """Every key of an app's config is read (src/schema.py has a rule for each), so `~key` only moves the
+    failure to where the app reads it."""
+    deleted = [o for o in overrides if o.startswith("~")]
+    if deleted:
+        key = deleted[0][1:].split("=", 1)[0]
+        raise ConfigError(f"{deleted[0]}: a key cannot be deleted (every app reads {key}); set it instead: {key}=VALUE")
+
+
+def check_job(config: DictConfig) -> None:
+    """Everything about one job that can be checked before Hydra starts it: its overrides, every key of its
+    config, the run dir it will write. `config` is the job's whole config (its `hydra` section too)."""
+    from hydra.types import RunMode
+
+    refuse_deletions(_typed(config))
+    task = copy.deepcopy(config)
+    with read_write(task), open_dict(task):
+        del task["hydra"]
+    validate(task)  # first: the run dir's name holds the overrides' values, which it checks
+    hc = config.hydra
+    files.check_run_dir(Path(hc.sweep.dir) / hc.sweep.subdir if hc.mode == RunMode.MULTIRUN else hc.run.dir)
+
+
+def sweep_jobs(config: DictConfig) -> list[list[str]]:
+    """The overrides of each job of a multirun, as Hydra's basic sweeper will launch them."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    params = [f"{k}={v}" for k, v in (OmegaConf.select(config, "hydra.sweeper.params") or {}).items()]
+    parser = OverridesParser.create(config_loader=GlobalHydra.instance().config_loader())
+    return [job for batch in BasicSweeper.split_arguments(parser.parse_overrides(params + _typed(config)), None)
+            for job in batch]
+
+
+class Checks(Callback):
+    """Hydra callback (hydra.callbacks in conf/config.yaml): every job checked before the first one starts,
+    and before Hydra makes the run dir and opens the app's log in it.
+
+    Hydra turns what a callback raises into a warning and goes on, so a refusal exits here."""
+
+    def on_run_start(self, config: DictConfig, **kwargs) -> None:
+        with one_line_errors():
+            check_job(config)
+
+    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        from hydra.core.global_hydra import GlobalHydra
+        from hydra.errors import HydraException
+
+        loader = GlobalHydra.instance().config_loader()
+        with one_line_errors():
+            for overrides in sweep_jobs(config):
+                try:
+                    job = loader.load_sweep_config(config, overrides)
+                except HydraException:
+                    return  # a job Hydra cannot compose: its sweeper refuses the sweep next, with its own message
+                check_job(job)
+
+
+SAVED_CONFIG = ".hydra"  # <run dir>/.hydra/<app>/: Hydra's record of the app's last run on the dir
+
+
+def keep_config(cfg: DictConfig, run_dir: Path) -> None:
+    """Save Hydra's record of this job into <run_dir>/.hydra/<app>/ (config.yaml, hydra.yaml, overrides.yaml).
+
+    An app calls it once it holds the run dir's lock and has checked the dir's files against the command,
+    so a refused run leaves the record of the run that made the files. Outside a Hydra job (tests, other
+    tools) and in the other processes of a DDP run, nothing is written.
+    """
+    from hydra.core.hydra_config import HydraConfig
+
+    from .provenance import rank_zero
+
+    if not (HydraConfig.initialized() and rank_zero()):
+        return
+    hc = HydraConfig.get()
+    where = run_dir / SAVED_CONFIG / hc.job.name
+    for name, node in (("config.yaml", cfg), ("hydra.yaml", HydraConfig.instance().cfg),
+                       ("overrides.yaml", hc.overrides.task)):
+        files.write_text(where / name, OmegaConf.to_yaml(node))
 
 
 def hydra_app(config_name: str) -> Callable[[Callable[[DictConfig], object]], Callable[[], None]]:
@@ -96,14 +190,9 @@ def hydra_app(config_name: str) -> Callable[[Callable[[DictConfig], object]], Ca
     def wrap(task: Callable[[DictConfig], object]) -> Callable[[], None]:
         @functools.wraps(task)
         def checked(cfg: DictConfig):
-            try:
-                validate(cfg)
+            with one_line_errors():
+                validate(cfg)  # again, in the job's own process: it normalises the job's config
                 return task(cfg)
-            except ProjectError as err:
-                if os.environ.get("HYDRA_FULL_ERROR") == "1":
-                    raise
-                # A plain message and exit status 1, instead of Hydra's stack trace.
-                sys.exit(f"error: {err}")
 
         hydra_main = hydra.main(config_path=CONF_DIR, config_name=config_name, version_base="1.3")(checked)
 

@@ -7,9 +7,11 @@ the network in each run dir's model.ckpt. The full set of bounds is src.bound's 
 """
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
+
+from .errors import one_line_errors
+from .files import read_json
 
 
 def report(run_dirs: list[Path]) -> str:
@@ -18,7 +20,7 @@ def report(run_dirs: list[Path]) -> str:
 
     rows = []
     for run in run_dirs:
-        metrics = json.loads((run / "metrics.json").read_text())
+        metrics = read_json(run / "metrics.json")
         bound = theorem1(model_from_checkpoint(run / "model.ckpt"))["value"]
         rows.append((metrics["m"], metrics["test_error"], bound, metrics["epochs"], metrics["dataset"], run))
     lines = [f"{'m':>6}  {'test error':>10}  {'Theorem 1 bound':>15}  {'epochs':>6}  dataset   run dir"]
@@ -34,7 +36,8 @@ def main(argv: list[str]) -> None:
     missing = [str(r) for r in runs if not (r / "metrics.json").is_file()]
     if missing:
         sys.exit(f"error: no metrics.json in: {', '.join(missing)} (did the training run finish?)")
-    print(report(runs))
+    with one_line_errors():
+        print(report(runs))
 
 
 if __name__ == "__main__":

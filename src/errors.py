@@ -4,6 +4,11 @@ Anything else that escapes an app is a bug and keeps its traceback.
 """
 from __future__ import annotations
 
+import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 
 class ProjectError(Exception):
     """A failure the user can fix by changing a setting or an input file."""
@@ -31,3 +36,23 @@ class DivergedError(SolverError, FloatingPointError):
 
 class UnsoundCertificateError(ProjectError):
     """An audit found a counterexample inside a certified ball: the certificate, or the code, is wrong."""
+
+
+class DamagedFileError(ProjectError):
+    """A result file of a run dir that is there but cannot be read (not JSON, truncated)."""
+
+
+class RunDirError(ProjectError):
+    """A run dir that cannot be written: a file in its place, no permission."""
+
+
+@contextmanager
+def one_line_errors() -> Iterator[None]:
+    """An app's body: a ProjectError ends it as one `error: ...` line and exit status 1, instead of a stack
+    trace (HYDRA_FULL_ERROR=1 keeps the trace)."""
+    try:
+        yield
+    except ProjectError as err:
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        sys.exit(f"error: {err}")

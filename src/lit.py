@@ -16,7 +16,9 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch.callbacks import Callback, EarlyStopping
 from lightning.pytorch.callbacks.early_stopping import EarlyStoppingReason
+from lightning.pytorch.plugins.io import TorchCheckpointIO
 
+from . import files
 from .models import build_model
 from .mondeq.splitting import ConvergenceTally
 
@@ -268,3 +270,19 @@ class MarginStop(EarlyStopping):
     def on_train_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         if self.reached:
             trainer.should_stop = True
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint writer, writing beside the file and swapping it in (src/files.py).
+
+    Lightning 2.6's own writer goes through an fsspec transaction whose temporary file lies in the system's
+    temp dir: it is moved into place, which on another file system (a /tmp in memory, a run dir on a
+    network disk) is a copy into the final name, so a kill mid-copy leaves a truncated last.ckpt.
+    """
+
+    def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
+        if storage_options is not None:
+            raise TypeError("storage_options: not supported by a local checkpoint")
+        # a file object, not a path: torch.save names the archive's records after a path's file name,
+        # so the temporary name would change the bytes
+        files.replace(path, lambda f: torch.save(checkpoint, f))

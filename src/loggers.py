@@ -6,10 +6,13 @@ and one file in conf/logger/ naming it as `_target_`.
 """
 from __future__ import annotations
 
-import json
 import os
 import sys
+from collections.abc import Mapping
 from pathlib import Path
+
+from . import files
+from .errors import ConfigError
 
 
 def none(run_dir: Path, group: str, run_config: dict):
@@ -23,6 +26,44 @@ def csv(run_dir: Path, group: str, run_config: dict, name: str = "csv"):
 
 
 RUN_FILE = "wandb_run.json"  # the run dir's wandb run: id, project, entity, group, tags
+
+
+WANDB_TARGET = f"{__name__}.wandb"  # the `_target_` of conf/logger/wandb.yaml
+WANDB_MODES = ("online", "offline", "disabled", "shared", "dryrun", "run")  # wandb's Settings.mode
+ONLINE = ("online", "shared", "run")
+WANDB_HOST = "https://api.wandb.ai"
+
+
+def check_wandb(mode: str | None = None) -> None:
+    """Refuse, before any work, the wandb settings that would fail (or stop at a login prompt) when the run
+    starts: a WANDB_MODE wandb does not know, an online run with no API key to log in with."""
+    env = os.environ.get("WANDB_MODE") or None
+    if env is not None and env not in WANDB_MODES:
+        raise ConfigError(f"WANDB_MODE={env!r}: allowed: one of {', '.join(WANDB_MODES)} (or unset: offline)")
+    if (mode or env) in ONLINE and not _has_api_key():
+        raise ConfigError(f"wandb mode {mode or env!r} needs an API key, and none is set: set WANDB_API_KEY or run "
+                          f"`wandb login`; or log offline (WANDB_MODE=offline; `wandb sync` uploads later)")
+
+
+def _has_api_key() -> bool:
+    """Whether wandb finds a key without asking: WANDB_API_KEY, an identity token, or ~/.netrc (`wandb login`)."""
+    import netrc
+    from urllib.parse import urlsplit
+
+    if os.environ.get("WANDB_API_KEY") or os.environ.get("WANDB_IDENTITY_TOKEN_FILE"):
+        return True
+    try:
+        found = netrc.netrc(os.environ.get("NETRC")).authenticators(
+            urlsplit(os.environ.get("WANDB_BASE_URL", WANDB_HOST)).netloc)
+    except (OSError, netrc.NetrcParseError):
+        return False
+    return found is not None
+
+
+def check_logger(logger_cfg: Mapping) -> None:
+    """The environment checks of the `logger` group's choice (wandb: check_wandb)."""
+    if logger_cfg.get("_target_") == WANDB_TARGET:
+        check_wandb(logger_cfg.get("mode"))
 
 
 def _mode(mode: str | None) -> dict:
@@ -44,13 +85,13 @@ def identity(id_file: Path, name: str, project: str, entity: str | None, group: 
     A run dir's file makes src.run, src.bound and src.robustness one run: one row per model on a
     dashboard, its config (m, depth, width) beside its bounds and certified accuracies.
     """
-    if id_file.is_file():
-        return json.loads(id_file.read_text())
+    ident = files.read_json(id_file)
+    if ident is not None:
+        return ident
     import uuid
 
     ident = {"id": uuid.uuid4().hex[:12], "project": project, "entity": entity, "group": group, "tags": tags, "name": name}
-    id_file.parent.mkdir(parents=True, exist_ok=True)
-    id_file.write_text(json.dumps(ident, indent=2) + "\n")
+    files.write_json(id_file, ident)
     return ident
 
 
@@ -108,7 +149,7 @@ def _wandb_results(run_dir: Path, group: str, run_config: dict, job: str, projec
 
 
 # The logger factories that also take the other apps' results (the others: those apps log to files only)
-RESULTS = {"src.loggers.wandb": _wandb_results}
+RESULTS = {WANDB_TARGET: _wandb_results}
 
 
 def results(logger_cfg: dict, run_dir: Path, group: str, run_config: dict, job: str) -> Results | None:

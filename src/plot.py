@@ -36,9 +36,12 @@ value since removed are ignored, and so are run dirs outside the pipeline's fami
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
+from . import files, loggers
+from .errors import one_line_errors
 from .figures import FIGURES, series
 from .figures.report import assemble, draw
 from .figures.runs import filter_by_params, load_runs
@@ -63,6 +66,11 @@ def make_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = make_parser()
     args = parser.parse_args(argv)
+    with one_line_errors():
+        return _plot(args)
+
+
+def _plot(args: argparse.Namespace) -> int:
     if args.assemble:
         print(f"wrote {assemble(args.out)}")
         return 0
@@ -71,6 +79,8 @@ def main(argv: list[str] | None = None) -> int:
         sys.exit(f"error: --runs: no such directory: {', '.join(missing)} (run dirs are written by src.run)")
     if args.params is not None and not args.params.is_file():
         sys.exit(f"error: --params: no such file: {args.params}")
+    if not args.no_wandb and os.environ.get("WANDB_MODE") != "disabled":
+        loggers.check_wandb()
     runs = load_runs(args.runs)
     if args.params is not None:
         import yaml
@@ -98,18 +108,13 @@ def main(argv: list[str] | None = None) -> int:
 def log_figures(drawn, out: Path) -> None:
     """Each drawn figure as an image in a wandb run of its experiment's group (job_type plot), in the
     project of its runs' wandb runs; nothing when none of them logged to wandb or WANDB_MODE=disabled."""
-    import json
-    import os
-
-    from . import loggers
-
     if os.environ.get("WANDB_MODE") == "disabled":
         return
     for res in drawn:
-        files = [r.path / loggers.RUN_FILE for r in res.runs if (r.path / loggers.RUN_FILE).is_file()]
-        if not files:
+        paths = [r.path / loggers.RUN_FILE for r in res.runs if (r.path / loggers.RUN_FILE).is_file()]
+        if not paths:
             continue
-        project = json.loads(files[0].read_text())
+        project = files.read_json(paths[0])
         ident = loggers.identity(out / "figures" / f"{res.name}.{loggers.RUN_FILE}", f"{res.name}/figure",
                                  project["project"], project["entity"], res.name, [res.name, "figure"])
         run = loggers.open_run(ident, out, "plot", {"figure": res.name, "runs": sorted(str(r.path) for r in res.runs)})

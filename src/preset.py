@@ -18,6 +18,7 @@ from pathlib import Path
 
 import yaml
 
+from . import files
 from .errors import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -87,9 +88,7 @@ def render(name: str, root: Path = ROOT) -> str:
 
 
 def switch(name: str, root: Path = ROOT) -> Path:
-    path = root / PARAMS
-    path.write_text(render(name, root))
-    return path
+    return files.write_text(root / PARAMS, render(name, root))
 
 
 def describe(root: Path = ROOT) -> str:

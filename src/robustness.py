@@ -26,14 +26,13 @@ certify.bound, or `pgd` under robustness.methods=[certified]) are kept.
 from __future__ import annotations
 
 import logging
-import json
 import time
 from pathlib import Path
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from . import attack, audit, certify, exact_model, loggers, provenance, summary
+from . import attack, audit, certify, exact_model, files, loggers, provenance, summary
 from .errors import SolverError, UnsoundCertificateError
 from .evaluation import convergence, logits_of, pick_device, reset_convergence, warn_unconverged
 
@@ -64,9 +63,9 @@ def bounds_record(run_dir: Path, origin: dict, bound: str) -> dict | None:
     """The run dir's bounds.json, when its entry `bound` is of this checkpoint and these settings
     (`origin`: {ckpt_sha256, settings} as src.bound records them: model, m, dataset, bound settings)."""
     path = run_dir / "bounds.json"
-    if not path.is_file():
+    record = files.read_json(path)
+    if record is None:
         return None
-    record = json.loads(path.read_text())
     recorded = record.get("provenance", {}).get(bound)
     why = "absent" if recorded is None else provenance.why_not_same(origin, recorded)
     if why:
@@ -273,10 +272,15 @@ def run(cfg: DictConfig) -> dict:
 def robustness(cfg: DictConfig, run_dir: Path, m_given: bool = True) -> dict:
     """Certified and PGD curves of cfg's checkpoint, written to <run_dir>/robustness.json."""
     from .checkpoints import check_not_poor, load_model
+    from .cli import keep_config
     from .data import load_splits
 
     torch.manual_seed(cfg.seed)
     loaded = load_model(cfg, run_dir, m_given)
+    path = run_dir / "robustness.json"
+    previous = files.read_json(path)  # now: a damaged file refuses the run before its work, not after
+    files.check_json(run_dir / "bounds.json", run_dir / loggers.RUN_FILE)
+    keep_config(cfg, run_dir)
     _, test = load_splits(cfg.dataset)
     n = len(test.labels) if cfg.robustness.n_test is None else min(int(cfg.robustness.n_test), len(test.labels))
     images = test.images[:n].to(torch.float32) / 255
@@ -291,10 +295,8 @@ def robustness(cfg: DictConfig, run_dir: Path, m_given: bool = True) -> dict:
             entry["provenance"] = origin
     record.update(dataset=cfg.dataset.name, profile=cfg.get("profile"), model=OmegaConf.to_container(cfg.model),
                   m=cfg.m, ckpt=loaded.path, ckpt_sha256=loaded.sha256, convergence=solves)
-    path = run_dir / "robustness.json"
-    previous = json.loads(path.read_text()) if path.is_file() else None
     record = _merge(previous, record)
-    path.write_text(json.dumps(record, indent=2))
+    files.write_json(path, record)
     summary.write(run_dir, "robustness", summary.robustness(record))
     log.info(f"wrote {path}")
     unsound = {name: c["audit"]["counterexamples"] for name, c in record.get("certified_curves", {}).items()

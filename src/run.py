@@ -2,7 +2,7 @@
 
 Writes into the run dir: last.ckpt (every epoch, for resuming), model.ckpt
 (the final Lightning checkpoint) and metrics.json. Rerunning the same command
-resumes from last.ckpt; a finished run then only re-evaluates.
+resumes from last.ckpt; a finished run then only re-evaluates, and keeps its model.ckpt as it is.
 
 `protocol=margin` (paper 5.2) trains on `protocol.n_train` examples until the training
 margin error at `margin_gamma` is below `protocol.threshold` (Lightning callbacks of
@@ -18,8 +18,8 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from . import loggers, provenance, summary
-from .cli import hydra_app
+from . import files, loggers, provenance, summary
+from .cli import hydra_app, keep_config
 from .evaluation import warn_unconverged
 from .errors import CheckpointError, ConfigError
 
@@ -46,6 +46,26 @@ def resumable(path: Path, hparams: Mapping, explicit: bool = False) -> str | Non
         raise ConfigError(f"{path} was trained with other settings ({provenance.describe(changed, now, before)}); "
                           f"delete its run dir, or choose another with hydra.run.dir=DIR")
     return str(path)
+
+
+def _holds(path: Path, lit, global_step: int) -> bool:
+    """Whether the checkpoint at `path` already holds `lit` after `global_step` steps: a finished run given
+    again trains nothing, and a new model.ckpt would differ in its bytes (random and loop states), so in the
+    sha256 that src.bound and src.robustness key their results by."""
+    import torch
+
+    from .checkpoints import read_checkpoint
+
+    if not path.is_file():
+        return False
+    try:
+        saved = read_checkpoint(path)
+    except CheckpointError:
+        return False  # damaged (by a writer before this one was atomic): replaced
+    weights = saved.get("state_dict") or {}
+    now = lit.state_dict()
+    return (saved.get("global_step") == global_step and weights.keys() == now.keys()
+            and all(torch.equal(weights[k], v.cpu()) for k, v in now.items()))
 
 
 def _settings(hparams: Mapping) -> dict:
@@ -103,7 +123,7 @@ def _train(cfg: DictConfig, run_dir: Path, group: str) -> dict:
     from hydra.utils import instantiate
 
     from .data import make_loaders, training_subset
-    from .lit import EpochLine, LitClassifier, MarginStop, TrainMarginError
+    from .lit import AtomicCheckpointIO, EpochLine, LitClassifier, MarginStop, TrainMarginError
 
     # lightning gives its logger a console handler at import; the app's handlers (Hydra's job_logging:
     # console and <app>.log) already show its lines
@@ -117,6 +137,8 @@ def _train(cfg: DictConfig, run_dir: Path, group: str) -> dict:
                         dataset=plain["dataset"], optim=plain["optim"], margin_gamma=cfg.margin_gamma,
                         seed=cfg.seed, protocol=plain["protocol"], trainer=provenance.what("trainer", plain["trainer"]))
     resume = resumable(Path(cfg.ckpt) if cfg.ckpt else run_dir / "last.ckpt", lit.hparams, explicit=bool(cfg.ckpt))
+    files.check_json(run_dir / loggers.RUN_FILE)
+    keep_config(cfg, run_dir)
     loaders = make_loaders(plain["dataset"])
     subset = training_subset(len(loaders.train.dataset), protocol.get("n_train"), cfg.seed)
     if subset is not None:
@@ -132,11 +154,13 @@ def _train(cfg: DictConfig, run_dir: Path, group: str) -> dict:
         if not cfg.trainer.get("enable_progress_bar", True):
             callbacks.append(EpochLine())
         trainer = L.Trainer(**plain["trainer"], default_root_dir=str(run_dir), logger=logger,
-                            callbacks=callbacks)
+                            callbacks=callbacks, plugins=[AtomicCheckpointIO()])
         # weights_only: our checkpoints hold only tensors and plain values, so torch's safe loader reads them
         trainer.fit(lit, loaders.train, loaders.test, ckpt_path=resume, weights_only=True)
-        # a full checkpoint (optimizer and loop states too), like last.ckpt
-        trainer.save_checkpoint(str(run_dir / "model.ckpt"), weights_only=False)
+        final = run_dir / "model.ckpt"
+        if not trainer.strategy.broadcast(_holds(final, lit, trainer.global_step)):
+            # a full checkpoint (optimizer and loop states too), like last.ckpt
+            trainer.save_checkpoint(str(final), weights_only=False)
         evaluated = [loaders.test, loaders.train_eval]
         if trainer.world_size > 1:
             evaluated = [_unpadded(loader, trainer) for loader in evaluated]
@@ -160,7 +184,7 @@ def _train(cfg: DictConfig, run_dir: Path, group: str) -> dict:
     finally:
         loggers.close(logger)
     if trainer.is_global_zero:
-        (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        files.write_json(run_dir / "metrics.json", metrics)
         summary.write(run_dir, "run", summary.training(metrics))
     return metrics
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from fnmatch import fnmatchcase
 
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
+from omegaconf.errors import InterpolationResolutionError
 
 from .errors import ConfigError
 
@@ -36,9 +37,9 @@ def number(lo=None, hi=None, *, lo_open=False, hi_open=False, integer=False, nul
     kind = "a whole number" if integer else "a number"
     bounds = []
     if lo is not None:
-        bounds.append(f"{'>' if lo_open else '>='} {lo:g}")
+        bounds.append(f"{'>' if lo_open else '>='} {lo if isinstance(lo, int) else f'{lo:g}'}")
     if hi is not None:
-        bounds.append(f"{'<' if hi_open else '<='} {hi:g}")
+        bounds.append(f"{'<' if hi_open else '<='} {hi if isinstance(hi, int) else f'{hi:g}'}")
     allowed = kind + (" " + " and ".join(bounds) if bounds else "") + (", or null" if null else "")
 
     def cast(v):
@@ -109,6 +110,7 @@ def anything() -> Rule:
 POSITIVE = number(0, lo_open=True)
 POS_INT = number(1, integer=True)
 NONNEG_INT = number(0, integer=True)
+SEED = number(0, 2**32 - 1, integer=True)  # numpy's (and so Lightning's) seeds are 32-bit
 UNIT_OPEN = number(0, 1, lo_open=True, hi_open=True)
 EPS = number(0)  # radii: >= 0
 BOUND_METHODS = ("theorem1", "theorem1_pooled", "sdp_diag", "sdp_pairwise", "unrolled_fb", "unrolled_pr", "naive",
@@ -128,7 +130,7 @@ def _limit(v):
 RULES: dict[str, Rule] = {
     # config.yaml
     "m": POSITIVE,
-    "seed": NONNEG_INT,
+    "seed": SEED,
     "ckpt": text(null=True),
     "margin_gamma": POSITIVE,
     "profile": text(),
@@ -150,7 +152,7 @@ RULES: dict[str, Rule] = {
     "dataset.test_batch_size": POS_INT,
     "dataset.num_workers": NONNEG_INT,
     "dataset.augment": boolean(),
-    "dataset.seed": NONNEG_INT,
+    "dataset.seed": SEED,
     "dataset.n_train": POS_INT,
     "dataset.n_test": POS_INT,
     # model (the fields per model name are build_model's to check)
@@ -350,7 +352,11 @@ def _check_given_lipschitz(plain, classes, bounds) -> None:
 def check(cfg: DictConfig) -> None:
     """Check and normalise every key of `cfg` in place; raises ConfigError naming the first bad key."""
     updates = []
-    for key, value in _leaves(cfg):
+    try:
+        leaves = _leaves(cfg)
+    except InterpolationResolutionError as err:
+        raise ConfigError(f"{err.full_key}: {str(err.msg).splitlines()[0]}") from None
+    for key, value in leaves:
         rule = rule_of(key)
         if rule is None:
             if key.startswith("trainer.") and key.count(".") == 1 and key[8:] in _trainer_arguments():

@@ -6,9 +6,10 @@ and a wandb dashboard set runs side by side. Every value is read from the record
 """
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
+
+from . import files
 
 FILE = "summary_{app}.json"  # beside the app's JSON in the run dir
 
@@ -82,6 +83,4 @@ def curves(record: dict) -> list[list]:
 
 
 def write(run_dir: Path, app: str, flat: dict[str, float]) -> Path:
-    path = run_dir / FILE.format(app=app)
-    path.write_text(json.dumps(dict(sorted(flat.items())), indent=2) + "\n")
-    return path
+    return files.write_json(run_dir / FILE.format(app=app), dict(sorted(flat.items())))

@@ -41,6 +41,25 @@ def compose():
 
 
 @pytest.fixture
+def foreign_checkpoint(tmp_path):
+    """foreign_checkpoint(m) -> the path of a bare state dict (the original code's kind of file: no recorded
+    settings) of an untrained FC monDEQ of width 8 on 1 x 28 x 28 inputs."""
+
+    def _make(m: float) -> Path:
+        import torch
+
+        from src.models import build_model
+
+        torch.manual_seed(0)
+        model = build_model({"name": "mon_fc", "width": 8}, m, {}, (1, 28, 28), 10)
+        path = tmp_path / "foreign.pt"
+        torch.save(model.state_dict(), path)
+        return path
+
+    return _make
+
+
+@pytest.fixture
 def run_app(tmp_path):
     """run_app(app, *argv, env=None) -> CompletedProcess of `python -m src.<app> argv` in tmp_path.
 

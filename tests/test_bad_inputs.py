@@ -89,6 +89,12 @@ CASES = [
     ("robustness", ["robustness.methods=[fgsm]"], "robustness.methods=['fgsm']"),
     ("robustness", ["certify.lipschitz=-1"], "certify.lipschitz=-1"),
     ("robustness", ["ckpt={tmp}/truncated.ckpt"], "truncated.ckpt is truncated or damaged"),
+    # refused by the check of every job before Hydra starts one (src/cli.py Checks)
+    ("run", ["~m"], "~m: a key cannot be deleted (every app reads m); set it instead: m=VALUE"),
+    ("run", ["m=${nope}"], "m: Interpolation key 'nope' not found"),
+    ("run", ["seed=4294967296"], "seed=4294967296: allowed: a whole number >= 0 and <= 4294967295"),
+    ("run", ["hydra.run.dir={tmp}/good.ckpt"], "good.ckpt is a file, not a directory"),
+    ("bound", ["hydra.run.dir={tmp}/good.ckpt/run"], "good.ckpt) is a file, not a directory"),
 ]
 
 
@@ -97,11 +103,57 @@ def test_bad_input_ends_as_one_error_line(run_app, tmp_path, tiny, app, args, ne
     _files(tmp_path)
     argv = [a.replace("{tmp}", str(tmp_path)) for a in args]
     proc = run_app(app, *tiny, "logger=none", *argv, timeout=120)
-    assert proc.returncode == 1, proc.stderr[-2000:]
-    assert "Traceback" not in proc.stderr, proc.stderr[-2000:]
-    last = proc.stderr.strip().splitlines()[-1]
-    assert last.startswith("error: ") and needle in last, proc.stderr[-2000:]
+    assert_one_error_line(proc, needle)
     assert not list(tmp_path.glob("outputs/**/*.json")) and not list(tmp_path.glob("outputs/**/model.ckpt"))
+
+
+def assert_one_error_line(proc, needle: str) -> None:
+    """Exit status 1, no traceback, and the last line the only `error: ` line, holding `needle`."""
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr and "UserWarning: Callback" not in proc.stderr, proc.stderr[-2000:]
+    lines = proc.stderr.strip().splitlines()
+    assert lines[-1].startswith("error: ") and needle in lines[-1], proc.stderr[-2000:]
+    assert sum(line.startswith("error: ") for line in lines) == 1, proc.stderr[-2000:]
+
+
+@pytest.mark.parametrize("env,needle", [
+    ({"WANDB_MODE": "onlne"}, "WANDB_MODE='onlne': allowed: one of online, offline, disabled"),
+    ({"WANDB_MODE": "online", "WANDB_API_KEY": None, "NETRC": "{tmp}/no-netrc"}, "wandb mode 'online' needs an API key"),
+])
+def test_wandb_settings_that_would_fail_at_the_first_log_end_as_one_line(run_app, tmp_path, tiny, env, needle):
+    proc = run_app("run", *tiny, "logger=wandb", env={k: v and v.replace("{tmp}", str(tmp_path)) for k, v in env.items()},
+                   timeout=120)
+    assert_one_error_line(proc, needle)
+    assert not (tmp_path / "outputs").exists()
+
+
+def test_an_online_wandb_run_needs_a_key_that_wandb_finds_without_asking(compose, monkeypatch, tmp_path):
+    from src.cli import validate
+    from src.errors import ConfigError
+
+    netrc = tmp_path / "netrc"
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("NETRC", str(netrc))
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    validate(compose(["logger=wandb"]))
+    with pytest.raises(ConfigError, match="wandb mode 'online' needs an API key"):
+        validate(compose(["logger=wandb", "logger.mode=online"]))  # the config's mode wins over WANDB_MODE
+    monkeypatch.setenv("WANDB_MODE", "online")
+    with pytest.raises(ConfigError, match="wandb mode 'online' needs an API key"):
+        validate(compose(["logger=wandb"]))
+    validate(compose(["logger=csv"]))  # no wandb: nothing to log in to
+    netrc.write_text("machine api.wandb.ai login user password " + "0" * 40 + "\n")  # as `wandb login` leaves it
+    validate(compose(["logger=wandb"]))
+    netrc.unlink()
+    monkeypatch.setenv("WANDB_API_KEY", "0" * 40)
+    validate(compose(["logger=wandb"]))
+
+
+@pytest.mark.parametrize("launcher", ["basic", "joblib"])
+def test_a_sweep_with_one_bad_value_runs_no_job(run_app, tmp_path, tiny, launcher):
+    proc = run_app("run", *tiny, "logger=none", f"hydra/launcher={launcher}", "-m", "m=1,2,0", timeout=120)
+    assert_one_error_line(proc, "m=0: allowed: a number > 0")
+    assert not (tmp_path / "outputs").exists()  # not even the sweep's dir
 
 
 def test_plot_of_a_missing_runs_dir_is_an_error(run_app, tmp_path):

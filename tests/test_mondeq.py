@@ -1,4 +1,5 @@
 """The monDEQ engine against independent float64 references."""
+import re
 import warnings
 
 import pytest
@@ -194,6 +195,19 @@ def test_solves_are_counted_and_nonconvergence_can_be_an_error():
     with pytest.warns(RuntimeWarning, match="counted in the output files"):
         lax(x.detach())
     assert lax.convergence()["forward"]["converged_fraction"] == 0.0
+
+
+@pytest.mark.parametrize("direction", ["forward", "backward"])
+def test_a_nonconvergence_error_names_config_keys_that_exist(direction):
+    from src.schema import RULES
+
+    torch.manual_seed(0)
+    never = {"fwd_tol": 1e-14, "fwd_max_iter": 2} if direction == "forward" else {"bwd_tol": 1e-14, "bwd_max_iter": 2}
+    net = MonFCNet((1, 4, 4), 10, 8, 2.0, SolverConfig(check_every=1, on_nonconvergence="error", **never))
+    with pytest.raises(SolverError, match=f"{direction} solve did not converge") as err:
+        net(torch.randn(3, 1, 4, 4, requires_grad=True)).sum().backward()
+    keys = re.findall(r"splitting\.\w+", str(err.value))
+    assert f"splitting.{direction[0]}wd_max_iter" in keys and all(k in RULES for k in keys), keys
 
 
 def test_nan_input_raises_naming_model_and_m():

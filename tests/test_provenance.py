@@ -5,21 +5,23 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 
 from src import provenance
 from src.bound import bound, merge
 from src.errors import CheckpointError
-from src.models import build_model
 
 
 def test_a_second_process_on_a_locked_run_dir_refuses_at_once(run_app, tmp_path, tiny):
     run_dir = tmp_path / "busy"
+    saved = run_dir / ".hydra" / "run" / "config.yaml"  # the record of the run that holds the dir
+    saved.parent.mkdir(parents=True)
+    saved.write_text("m: 7.0\n")
     with provenance.locked(run_dir):
         proc = run_app("run", *tiny, "logger=none", f"hydra.run.dir={run_dir}", timeout=120)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert f"error: run dir {run_dir} is in use by another process" in proc.stderr
     assert not (run_dir / "metrics.json").exists()
+    assert saved.read_text() == "m: 7.0\n" and [p.name for p in saved.parent.iterdir()] == ["config.yaml"]
 
 
 def test_merge_keeps_earlier_entries_of_the_same_checkpoint_only():
@@ -36,17 +38,8 @@ def test_merge_keeps_earlier_entries_of_the_same_checkpoint_only():
     assert set(now["provenance"]) == {"theorem1", "sdp_diag"} and now["seconds"]["sdp_diag"] == 1.0
 
 
-def _foreign_checkpoint(tmp_path, m: float):
-    """A bare state dict (the original code's kind of file: no recorded settings) of an untrained FC monDEQ."""
-    torch.manual_seed(0)
-    model = build_model({"name": "mon_fc", "width": 8}, m, {}, (1, 28, 28), 10)
-    path = tmp_path / "foreign.pt"
-    torch.save(model.state_dict(), path)
-    return path
-
-
-def test_data_free_bounds_run_without_the_dataset(compose, tmp_path):
-    ckpt = _foreign_checkpoint(tmp_path, 5.0)
+def test_data_free_bounds_run_without_the_dataset(compose, tmp_path, foreign_checkpoint):
+    ckpt = foreign_checkpoint(5.0)
     cfg = compose(["dataset=mnist", f"dataset.root={tmp_path}/nowhere", "dataset.download=false", "model.width=8",
                    "m=5", f"ckpt={ckpt}", "bound.methods=[theorem1]"], config_name="bound")
     record = bound(cfg, tmp_path / "run")
@@ -60,8 +53,8 @@ def test_data_free_bounds_run_without_the_dataset(compose, tmp_path):
         bound(needs_data, tmp_path / "run")
 
 
-def test_a_foreign_checkpoint_needs_m_and_a_sane_test_error(compose, tmp_path):
-    ckpt = _foreign_checkpoint(tmp_path, 5.0)
+def test_a_foreign_checkpoint_needs_m_and_a_sane_test_error(compose, tmp_path, foreign_checkpoint):
+    ckpt = foreign_checkpoint(5.0)
     args = ["dataset=synthetic", "model.width=8", "m=5", f"ckpt={ckpt}", "bound.methods=[theorem1]",
             "generalization.enabled=false"]
     with pytest.raises(CheckpointError, match=r"does not record the m .* give it on the command line \(m=VALUE\)"):

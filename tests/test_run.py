@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from src import provenance
 from src.cli import validate
 from src.errors import ConfigError
 from src.lit import LitClassifier
@@ -108,6 +109,30 @@ def test_a_run_dir_of_other_settings_is_not_resumed(compose, tmp_path, tiny):
     with pytest.raises(ConfigError, match=r"other settings \(m: 1.0 recorded, 2.0 now\)"):
         train_in(compose, tmp_path, *tiny, "logger=none", "m=2")
     train_in(compose, tmp_path, *tiny, "logger=none", "m=1", "dataset.num_workers=1")  # where, not what
+
+
+def test_a_finished_run_given_again_keeps_its_model_ckpt_byte_for_byte(compose, tmp_path, tiny):
+    """src.bound and src.robustness key their results by the checkpoint's sha256: a re-run that trains
+    nothing must not make the same model another checkpoint."""
+    args = [*tiny, "logger=none"]
+    train_in(compose, tmp_path, *args)
+    first = provenance.sha256(tmp_path / "model.ckpt")
+    train_in(compose, tmp_path, *args)
+    assert provenance.sha256(tmp_path / "model.ckpt") == first
+    train_in(compose, tmp_path, *args, "trainer.max_epochs=2")  # one more epoch: another model, another file
+    assert provenance.sha256(tmp_path / "model.ckpt") != first
+
+
+def test_a_refused_run_leaves_the_saved_config_of_the_run_that_made_the_dir(run_app, tmp_path, tiny):
+    run_dir = tmp_path / "run"
+    first = run_app("run", *tiny, "logger=none", "m=1", f"hydra.run.dir={run_dir}", timeout=300)
+    assert first.returncode == 0, first.stderr[-3000:]
+    saved = {p.name: p.read_text() for p in (run_dir / ".hydra" / "run").iterdir()}
+    assert set(saved) == {"config.yaml", "hydra.yaml", "overrides.yaml"} and "m: 1.0" in saved["config.yaml"]
+    refused = run_app("run", *tiny, "logger=none", "m=2", f"hydra.run.dir={run_dir}", timeout=300)
+    assert refused.returncode == 1 and "Traceback" not in refused.stderr
+    assert "error: " in refused.stderr and "other settings (m: 1.0 recorded, 2.0 now)" in refused.stderr
+    assert {p.name: p.read_text() for p in (run_dir / ".hydra" / "run").iterdir()} == saved
 
 
 def test_same_seed_gives_the_same_metrics(compose, tmp_path, tiny):

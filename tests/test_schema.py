@@ -39,6 +39,9 @@ def test_every_composed_config_passes_and_every_key_has_a_rule(compose, app, ove
     ("config", "dataset.std=[0]", "dataset.std=[0]: allowed: a list (one per channel) of a number > 0"),
     ("config", "dataset.mean=[0.1,0.2]", "dataset.mean=[0.1, 0.2]"),
     ("config", "seed=-1", "seed=-1"),
+    ("config", "seed=4294967296", "seed=4294967296: allowed: a whole number >= 0 and <= 4294967295"),  # numpy: 32 bits
+    ("config", "m=${nope}", "m: Interpolation key 'nope' not found"),
+    ("robustness", "robustness.n_test=${robustness.nope}", "robustness.n_test: Interpolation key 'robustness.nope'"),
     ("config", "splitting.anderson=1", "splitting.anderson=1: allowed: 0 (off) or a history size >= 2"),
     ("config", "splitting.fwd_tol=0", "splitting.fwd_tol=0"),
     ("config", "splitting.on_nonconvergence=ignore", "splitting.on_nonconvergence='ignore'"),

@@ -4,6 +4,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from pathlib import Path
 
+from .. import files
 from . import FIGURES, canvas
 from .paper import HOLDING, NOT_HOLDING, NOT_RUN
 from .result import Result
@@ -52,9 +53,9 @@ def draw(name: str, runs: list[Run], out: Path) -> Result:
     figures = out / "figures"
     figures.mkdir(parents=True, exist_ok=True)
     fig = res.figure if res.figure is not None else canvas.placeholder(name, res.title)
-    fig.savefig(figures / f"{name}.png", dpi=120)
+    files.replace(figures / f"{name}.png", lambda f: fig.savefig(f, format="png", dpi=120))
     plt.close(fig)
-    (figures / f"{name}.md").write_text(section(res, f"figures/{name}.png" if res.ran else None))
+    files.write_text(figures / f"{name}.md", section(res, f"figures/{name}.png" if res.ran else None))
     return res
 
 
@@ -84,6 +85,4 @@ def assemble(out: Path, names: Iterable[str] = tuple(FIGURES)) -> Path:
         summary.append(f"| [{name}](#{name}) | {'drawn' if ran else 'not run'} | {counts[0]} | {counts[1]} | {counts[2]} |")
         bodies.append(body)
     parts += ["## Summary", ""] + summary + [""] + bodies
-    report = out / "report.md"
-    report.write_text("\n".join(parts))
-    return report
+    return files.write_text(out / "report.md", "\n".join(parts))

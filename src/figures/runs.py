@@ -7,12 +7,12 @@ run's saved Hydra config when the dataset is `synthetic` (1 channel: an MNIST st
 """
 from __future__ import annotations
 
-import json
 import math
-import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+
+from ..files import read_json
 
 
 RUN_FILES = ("metrics.json", "bounds.json", "robustness.json")
@@ -25,14 +25,6 @@ CIFAR_LIKE = {"cifar10"}
 
 
 PROFILE_RANK = {"paper": 0, "smoke": 1, "tiny": 2}
-
-
-def _read_json(path: Path):
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError) as err:
-        print(f"warning: cannot read {path}: {err}", file=sys.stderr)
-        return None
 
 
 def _in_channels(path: Path) -> int | None:
@@ -153,7 +145,7 @@ def load_runs(roots: Iterable[Path]) -> list[Run]:
         for name in RUN_FILES:
             for path in root.rglob(name):
                 run = found.setdefault(path.parent, Run(path.parent))
-                setattr(run, name.split(".")[0], _read_json(path))
+                setattr(run, name.split(".")[0], read_json(path))
     return _merge_same_checkpoint([found[p] for p in sorted(found)])
 
 

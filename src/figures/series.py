@@ -12,10 +12,11 @@ One file per curve because DVC's templates draw a file's field as one line colou
 from __future__ import annotations
 
 import csv
+import io
 import shutil
 from pathlib import Path
 
-from .. import summary
+from .. import files, summary
 from .runs import Run
 
 ROBUSTNESS = ("fig4", "fig9")
@@ -41,11 +42,11 @@ def _word(value) -> str:
 
 
 def _write(path: Path, x: str, y: str, points: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="") as f:
-        out = csv.writer(f)
-        out.writerow([x, y])
-        out.writerows(sorted(points.items()))
+    text = io.StringIO(newline="")
+    out = csv.writer(text)
+    out.writerow([x, y])
+    out.writerows(sorted(points.items()))
+    files.write_text(path, text.getvalue())
 
 
 def _robustness(runs: list[Run], folder: Path) -> None:

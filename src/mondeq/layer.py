@@ -10,6 +10,8 @@ from ..errors import DivergedError, SolverError
 from .operator import MonotoneOperator
 from .splitting import SPLITTING_METHODS, ConvergenceTally, SolverConfig, SolveStats, solve
 
+SHORT = {"forward": "fwd", "backward": "bwd"}  # the solve's prefix in the splitting config's keys
+
 
 class MonDEQLayer(nn.Module):
     """z*(x) = relu(W z* + U x + b), with gradients from the adjoint equation.
@@ -54,8 +56,9 @@ class MonDEQLayer(nn.Module):
                    f"iterations: relative residual {stats.residual:.3g} > tol {tol:g} "
                    f"(splitting={self.solver.name}, alpha={self.alpha})")
         if self.solver.on_nonconvergence == "error":
-            raise SolverError(f"{message}; splitting.on_nonconvergence=error (raise splitting.{what[:3]}_max_iter, "
-                              f"or use splitting.anderson or another splitting.alpha)")
+            short = SHORT[what]
+            raise SolverError(f"{message}; splitting.on_nonconvergence=error (raise splitting.{short}_max_iter or "
+                              f"splitting.{short}_tol, or use splitting.anderson or another splitting.alpha)")
         if not self._warned:
             self._warned = True
             warnings.warn(message + "; warned once per layer, counted in the output files", RuntimeWarning,
