@@ -100,11 +100,15 @@ def bound_settings(cfg) -> dict:
     the dataset (its normalisation), the bound and solver settings."""
     from omegaconf import OmegaConf
 
+    from .models import MONDEQ_MODELS
+
     plain = OmegaConf.to_container(cfg, resolve=True)
     bound = {k: v for k, v in plain["bound"].items() if k not in ("methods", "test_error", "accept_poor_model")}
-    return {"model": plain["model"], "m": float(plain["m"]), "seed": plain["seed"], "bound": bound,
-            "generalization": plain["generalization"], "splitting": plain["splitting"],
-            "dataset": what("dataset", plain["dataset"])}
+    found = {"model": plain["model"], "seed": plain["seed"], "bound": bound,
+             "generalization": plain["generalization"], "dataset": what("dataset", plain["dataset"])}
+    if plain["model"]["name"] in MONDEQ_MODELS:  # m and the solver mean nothing to a feed-forward network
+        found.update(m=float(plain["m"]), splitting=plain["splitting"])
+    return found
 
 
 def why_not_same(now: Mapping, before: Mapping) -> str | None:
