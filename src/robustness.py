@@ -13,15 +13,22 @@ Reads the run dir's model.ckpt (or ckpt=PATH) and writes <run dir>/robustness.js
   dir's bounds.json (`upper[bound]`, when that file is of this checkpoint) or
   computed here with src.bound's method, or given as certify.lipschitz.
 - `pgd` {eps, accuracy, ...}: foolbox's l2 PGD (src/attack.py).
+- `certified_model`: what the certificates are of (the exact model, src/exact_model.py), the
+  largest proved distance of a solve from the exact equilibrium, the rounding allowance, and
+  `disagreements`: test points where the float32 network as evaluated predicts another class.
+- each certified curve's `audit` (src/audit.py): l2 PGD inside every certified point's own ball on
+  the exact model; `counterexamples` is 0 for a sound certificate, and any other count ends the
+  app with an error once the file is written.
 - `clean_accuracy`, `n_test`, `dataset`, `profile`, `model`, `m`, `ckpt`,
   `ckpt_sha256`, `seconds`, and `checks`: for each certified curve and PGD
-  radius, how many points certified at that radius PGD still fooled (0 for a
-  sound certificate; see src/certify.py about the solver tolerance).
+  radius, how many points certified at that radius foolbox's PGD (on the float32 network) still
+  fooled.
 
 Radii are l2 norms in [0, 1] pixel units (src/certify.py explains how the
-certificate converts them).  A robustness.json of the same checkpoint and the
-same test points is updated, not replaced: curves not recomputed (another
-certify.bound, or `pgd` under robustness.methods=[certified]) are kept.
+certificate converts them).  A robustness.json of the same checkpoint, test points and settings
+is updated, not replaced: curves not recomputed (another certify.bound, or `pgd` under
+robustness.methods=[certified]) are kept; curves of other settings are dropped with a line
+naming what differs.
 """
 from __future__ import annotations
 
