@@ -41,6 +41,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from . import attack, audit, certify, exact_model, files, loggers, provenance, summary
 from .errors import SolverError, UnsoundCertificateError
+from .schema import is_lipschitz_value
 from .evaluation import convergence, logits_of, pick_device, reset_convergence, warn_unconverged
 
 log = logging.getLogger(__name__)
@@ -89,8 +90,11 @@ def _bound_cfg(cfg: DictConfig, method: str) -> DictConfig:
 def lipschitz_constant(cfg: DictConfig, model, bound: str, sha256: str, run_dir: Path, test_x: torch.Tensor):
     """(L, source): a float, or the class-pair matrix for sdp_pairwise."""
     record = bounds_record(run_dir, {"ckpt_sha256": sha256, "settings": provenance.bound_settings(cfg)}, bound)
-    if record is not None and record.get("upper", {}).get(bound) is not None:
-        return record["upper"][bound], "bounds.json"
+    value = None if record is None else record.get("upper", {}).get(bound)
+    if is_lipschitz_value(value, int(cfg.dataset.num_classes), failed_pairs=True):
+        return value, "bounds.json"
+    if value is not None:
+        log.info(f"{run_dir / 'bounds.json'}: its {bound} ({value!r}) is no Lipschitz constant: not reused")
     from .bounds.registry import compute_bounds
 
     log.info(f"{bound}: computing it")

@@ -330,17 +330,26 @@ def _cross(cfg: DictConfig) -> None:
                                OmegaConf.to_container(cfg.certify.get("bound")) if "bound" in cfg.certify else [])
 
 
-def _check_given_lipschitz(plain, classes, bounds) -> None:
-    """certify.lipschitz: a number > 0, or a classes x classes matrix, symmetric, > 0 off the diagonal;
-    it replaces every bound, so it cannot stand beside certify.bound=local (whose global constants it
-    would silently change)."""
-    scalar = _is_number(plain) and math.isfinite(plain) and plain > 0
+def is_lipschitz_value(plain, classes, failed_pairs: bool = False) -> bool:
+    """A Lipschitz constant a certificate can rest on: a finite number > 0, or a classes x classes matrix,
+    symmetric and finite, > 0 off the diagonal (None there too with `failed_pairs`: an SDP pair that failed)."""
+    if _is_number(plain):
+        return math.isfinite(plain) and plain > 0
     square = (isinstance(plain, list) and len(plain) == (classes or len(plain)) and len(plain) >= 2
-              and all(isinstance(r, list) and len(r) == len(plain) for r in plain)
-              and all(_is_number(v) and math.isfinite(v) for r in plain for v in r))
-    matrix = square and all(plain[i][j] == plain[j][i] and (i == j or plain[i][j] > 0)
-                            for i in range(len(plain)) for j in range(len(plain)))
-    if not (scalar or matrix):
+              and all(isinstance(r, list) and len(r) == len(plain) for r in plain))
+
+    def entry_ok(i, j):
+        v = plain[i][j]
+        if v is None:
+            return failed_pairs and i != j and plain[j][i] is None
+        return _is_number(v) and math.isfinite(v) and v == plain[j][i] and (i == j or v > 0)
+    return square and all(entry_ok(i, j) for i in range(len(plain)) for j in range(len(plain)))
+
+
+def _check_given_lipschitz(plain, classes, bounds) -> None:
+    """certify.lipschitz replaces every bound, so it cannot stand beside certify.bound=local (whose global
+    constants it would silently change)."""
+    if not is_lipschitz_value(plain, classes):
         raise ConfigError(f"certify.lipschitz={plain!r}: allowed: a number > 0, a {classes or 'classes'} x "
                           f"{classes or 'classes'} matrix (dataset.num_classes), symmetric, > 0 off the diagonal, "
                           f"or null")

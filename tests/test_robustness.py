@@ -318,6 +318,12 @@ def test_app_end_to_end_on_a_trained_checkpoint(run_app, tmp_path, tiny):
     assert "Traceback" not in proc.stderr
     wrong = json.loads((run_dir / "robustness.json").read_text())["certified"]
     assert wrong["lipschitz"] == 1e-3 and wrong["audit"]["counterexamples"] > 0
+    # a recorded value that is no Lipschitz constant (negative, text) is not reused either
+    bounds["upper"]["theorem1"] = -1.0
+    (run_dir / "bounds.json").write_text(json.dumps(bounds))
+    proc = run_app("robustness", *fast, "robustness.methods=[certified]", "certify.bound=theorem1")
+    assert proc.returncode == 0 and "is no Lipschitz constant" in proc.stdout + proc.stderr, proc.stderr[-3000:]
+    assert json.loads((run_dir / "robustness.json").read_text())["certified"]["source"] == "computed"
     # an entry of another checkpoint's bounds is not used: sdp_diag is computed again
     bounds["provenance"]["sdp_diag"] = {**bounds["provenance"]["theorem1"], "ckpt_sha256": "another"}
     bounds["upper"]["sdp_diag"] = 1e-4

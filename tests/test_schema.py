@@ -124,3 +124,14 @@ def test_the_device_count_names_the_run_dir(compose):
     # it changes the examples per optimizer step, so two counts must not share a checkpoint
     excluded = compose([], hydra=True).hydra.job.config.override_dirname.exclude_keys
     assert "trainer.devices" not in excluded and "trainer.accelerator" in excluded
+
+
+def test_a_recorded_class_pair_matrix_may_hold_failed_pairs_and_nothing_else_wrong():
+    from src.schema import is_lipschitz_value
+
+    ok = [[0.0, 2.0, None], [2.0, 0.0, 1.0], [None, 1.0, 0.0]]
+    assert is_lipschitz_value(ok, 3, failed_pairs=True) and not is_lipschitz_value(ok, 3)
+    assert not is_lipschitz_value([[0.0, 2.0, None], [2.0, 0.0, 1.0], [3.0, 1.0, 0.0]], 3, failed_pairs=True)
+    assert not is_lipschitz_value([[0.0, -2.0], [-2.0, 0.0]], 2) and not is_lipschitz_value(ok, 4, True)
+    assert all(not is_lipschitz_value(v, 3) for v in (-1.0, 0, float("nan"), float("inf"), "abc", None, True))
+    assert is_lipschitz_value(3.5, 3)
