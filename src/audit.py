@@ -14,16 +14,11 @@ import math
 
 import torch
 
+from .certify import margins
 from .exact_model import exact_logits, float64_copy
 from .progress import ticking
 
 INSIDE = 1 - 2.0 ** -20  # the balls are open (certified at eps < radius): attack just inside
-
-
-def _worst_margin(net, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    logits = net(x)
-    own = logits.gather(1, labels.view(-1, 1)).squeeze(1)
-    return own - logits.scatter(1, labels.view(-1, 1), -math.inf).amax(1)
 
 
 def _project(x0: torch.Tensor, x: torch.Tensor, radius: torch.Tensor) -> torch.Tensor:
@@ -38,7 +33,7 @@ def _pgd(net, x0, labels, radius, steps: int, start: torch.Tensor) -> torch.Tens
     step = (2.5 * radius / steps).view(-1, *[1] * (x0.dim() - 1))
     for _ in range(steps):
         x = x.detach().requires_grad_(True)
-        (grad,) = torch.autograd.grad(_worst_margin(net, x, labels).sum(), x)
+        (grad,) = torch.autograd.grad(margins(net(x), labels).sum(), x)
         norm = grad.flatten(1).norm(dim=1).clamp_min(1e-300).view_as(step)
         x = _project(x0, (x - step * grad / norm).detach(), radius)
     return x.detach()

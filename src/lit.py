@@ -19,6 +19,7 @@ from lightning.pytorch.callbacks.early_stopping import EarlyStoppingReason
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from . import files
+from .certify import margins
 from .models import build_model
 from .mondeq.splitting import ConvergenceTally
 
@@ -26,12 +27,6 @@ SOLVER_KEYS = ("fwd_iters", "fwd_residual", "fwd_seconds", "bwd_iters", "bwd_res
 EVAL_SETS = ("test", "train")  # the order of the dataloaders given to trainer.test
 TRAIN_MARGIN_ERROR = "train/margin_error"  # logged by TrainMarginError, monitored by MarginStop
 log = logging.getLogger(__name__)
-
-
-def margins(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """f_y - max_{j != y} f_j per example; a tie (0) is no correct prediction."""
-    true = logits.gather(1, y[:, None]).squeeze(1)
-    return true - logits.scatter(1, y[:, None], float("-inf")).amax(1)
 
 
 class LitClassifier(L.LightningModule):
