@@ -35,7 +35,7 @@ import time
 import torch
 from torch import nn
 
-from ..mondeq.fc import FullyConnectedOperator
+from ..mondeq.fc import FullyConnectedOperator, monotone_weight
 from ..progress import ticking
 
 
@@ -73,8 +73,7 @@ class _FCJacobian:
     def __init__(self, net, tol: float = 1e-11, max_iter: int = 5000):
         op = net.mon.operator
         with torch.no_grad():  # float64 copies on the CPU (h x h problems: no use for an accelerator)
-            A, B = (p.detach().cpu().double() for p in (op.A.weight, op.B.weight))
-            self.W = (1 - op.m) * torch.eye(op.state_size, dtype=torch.float64) - A.T @ A + B - B.T
+            self.W = monotone_weight(op.A.weight.detach().cpu().double(), op.B.weight.detach().cpu().double(), op.m)
             self.U = op.U.weight.detach().cpu().double()
             self.b = op.U.bias.detach().cpu().double()
             self.Wo = net.Wout.weight.detach().cpu().double()

@@ -25,7 +25,7 @@ import cvxpy as cp
 import numpy as np
 import torch
 
-from ..mondeq.fc import FullyConnectedOperator
+from ..mondeq.fc import FullyConnectedOperator, monotone_weight
 from ..mondeq.spectral import conv_spectrum
 from ..mondeq.splitting import SPLITTING_METHODS, solve
 from ..mondeq.networks import readout_rows
@@ -72,8 +72,7 @@ def _np64(t: torch.Tensor) -> np.ndarray:
 
 def fc_weight64(op: FullyConnectedOperator) -> torch.Tensor:
     """W = (1-m) I - A^T A + B - B^T formed in float64 (so that sym(I - W) >= m I to float64 accuracy)."""
-    A, B = op.A.weight.detach().cpu().double(), op.B.weight.detach().cpu().double()
-    return (1 - op.m) * torch.eye(op.state_size, dtype=torch.float64) - A.T @ A + B - B.T
+    return monotone_weight(op.A.weight.detach().cpu().double(), op.B.weight.detach().cpu().double(), op.m)
 
 
 def _fc_matrices(net):

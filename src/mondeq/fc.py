@@ -39,9 +39,7 @@ class FullyConnectedOperator(MonotoneOperator):
         self.input_shape = (in_dim,)
 
     def weight(self) -> torch.Tensor:
-        A, B = self.A.weight, self.B.weight
-        eye = torch.eye(self.state_size, dtype=A.dtype, device=A.device)
-        return (1 - self.m) * eye - A.T @ A + B - B.T
+        return monotone_weight(self.A.weight, self.B.weight, self.m)
 
     def input_term(self, x: torch.Tensor) -> torch.Tensor:
         return self.U(x.flatten(1))
@@ -63,3 +61,9 @@ class FullyConnectedOperator(MonotoneOperator):
 
     def dense_input_matrix(self) -> torch.Tensor:
         return self.U.weight
+
+
+def monotone_weight(A: torch.Tensor, B: torch.Tensor, m: float) -> torch.Tensor:
+    """W = (1 - m) I - A^T A + B - B^T: sym(I - W) = m I + A^T A >= m I for any A, B (the one place it is formed)."""
+    eye = torch.eye(A.shape[1], dtype=A.dtype, device=A.device)
+    return (1 - m) * eye - A.T @ A + B - B.T
