@@ -46,18 +46,17 @@ def generalization_bounds(model, cfg: DictConfig, train, initial_state) -> dict:
     return out
 
 
-def merge(previous: dict | None, record: dict) -> dict:
+def merge(previous: dict | None, record: dict, settings_of=lambda name: {}) -> dict:
     """`record`, plus the entries of an earlier bounds.json that it did not recompute and that are of the
-    same checkpoint and settings (model, m, dataset, bound settings: `settings`); the others are dropped
-    with a line naming what differs."""
+    same checkpoint and of the settings `settings_of(entry)` (provenance.bound_settings); the others are
+    dropped with a line naming what differs."""
     if not previous:
         return record
     merged = json.loads(json.dumps(record))
-    origin_now = next(iter(record["provenance"].values()), None)
     for name, origin in previous.get("provenance", {}).items():
         if name in record["provenance"]:
             continue
-        why = origin_now and provenance.why_not_same(origin_now, origin)
+        why = provenance.why_not_same({"ckpt_sha256": record["ckpt_sha256"], "settings": settings_of(name)}, origin)
         if why:
             log.info(f"dropped {name} from the earlier bounds.json: {why}")
             continue
@@ -131,12 +130,12 @@ def bound(cfg: DictConfig, run_dir: Path, m_given: bool = True) -> dict:
         record["skipped"] = {"test_error": skipped, "generalization": skipped}
     solves = convergence(model)
     warn_unconverged(solves, "src.bound")
-    origin = {"ckpt_sha256": loaded.sha256, "settings": provenance.bound_settings(cfg), "convergence": solves}
+    origin = {"ckpt_sha256": loaded.sha256, "convergence": solves}
     entries = names + [k for k in ("test_error", "generalization") if k in record]
     record.update(model=OmegaConf.to_container(cfg.model), m=cfg.m, dataset=cfg.dataset.name,
                   profile=cfg.get("profile"), ckpt=loaded.path, ckpt_sha256=loaded.sha256, convergence=solves,
-                  provenance={name: origin for name in entries})
-    record = merge(previous, record)
+                  provenance={name: {**origin, "settings": provenance.bound_settings(cfg, name)} for name in entries})
+    record = merge(previous, record, lambda name: provenance.bound_settings(cfg, name))
     files.write_json(path, record)
     summary.write(run_dir, "bound", summary.bounds(record))
     log.info(f"wrote {path}")

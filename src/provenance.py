@@ -94,18 +94,20 @@ def describe(keys: list[str], now: Mapping, before: Mapping) -> str:
     return "; ".join(f"{k}: {get(before, k)!r} recorded, {get(now, k)!r} now" for k in keys)
 
 
-def bound_settings(cfg) -> dict:
-    """The settings besides the checkpoint that change a bound (recorded with every bounds.json entry,
-    compared before one is reused): the model and m (an original-layout checkpoint does not record m),
-    the dataset (its normalisation), the bound and solver settings."""
+def bound_settings(cfg, entry: str = "") -> dict:
+    """The settings besides the checkpoint that change the bounds.json entry `entry` (recorded with it,
+    compared before it is reused): the model and m (an original-layout checkpoint does not record m),
+    the dataset (its normalisation), the bound and solver settings; the generalization settings for the
+    generalization entry only."""
     from omegaconf import OmegaConf
 
     from .models import MONDEQ_MODELS
 
     plain = OmegaConf.to_container(cfg, resolve=True)
     bound = {k: v for k, v in plain["bound"].items() if k not in ("methods", "test_error", "accept_poor_model")}
-    found = {"model": plain["model"], "seed": plain["seed"], "bound": bound,
-             "generalization": plain["generalization"], "dataset": what("dataset", plain["dataset"])}
+    found = {"model": plain["model"], "seed": plain["seed"], "bound": bound, "dataset": what("dataset", plain["dataset"])}
+    if entry == "generalization":
+        found["generalization"] = plain["generalization"]
     if plain["model"]["name"] in MONDEQ_MODELS:  # m and the solver mean nothing to a feed-forward network
         found.update(m=float(plain["m"]), splitting=plain["splitting"])
     return found

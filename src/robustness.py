@@ -89,7 +89,7 @@ def _bound_cfg(cfg: DictConfig, method: str) -> DictConfig:
 
 def lipschitz_constant(cfg: DictConfig, model, bound: str, sha256: str, run_dir: Path, test_x: torch.Tensor):
     """(L, source): a float, or the class-pair matrix for sdp_pairwise."""
-    record = bounds_record(run_dir, {"ckpt_sha256": sha256, "settings": provenance.bound_settings(cfg)}, bound)
+    record = bounds_record(run_dir, {"ckpt_sha256": sha256, "settings": provenance.bound_settings(cfg, bound)}, bound)
     value = None if record is None else record.get("upper", {}).get(bound)
     if is_lipschitz_value(value, int(cfg.dataset.num_classes), failed_pairs=True):
         return value, "bounds.json"

@@ -28,7 +28,7 @@ def test_merge_keeps_earlier_entries_of_the_same_checkpoint_only():
     def record(sha, **upper):
         return {"ckpt_sha256": sha, "upper": dict(upper), "lower": {}, "details": {k: {} for k in upper},
                 "seconds": {k: 1.0 for k in upper}, "solver": {}, "failed": {},
-                "provenance": {k: {"ckpt_sha256": sha} for k in upper}}
+                "provenance": {k: {"ckpt_sha256": sha, "settings": {}} for k in upper}}
 
     previous = record("a", theorem1=3.0, sdp_diag=2.0)
     previous["provenance"]["naive"] = {"ckpt_sha256": "b"}
@@ -36,6 +36,10 @@ def test_merge_keeps_earlier_entries_of_the_same_checkpoint_only():
     now = merge(previous, record("a", theorem1=2.5))
     assert now["upper"] == {"theorem1": 2.5, "sdp_diag": 2.0}  # recomputed, kept, dropped (other checkpoint)
     assert set(now["provenance"]) == {"theorem1", "sdp_diag"} and now["seconds"]["sdp_diag"] == 1.0
+    # an entry of other settings is dropped too (m, as an original-layout checkpoint records none)
+    previous["provenance"]["sdp_diag"]["settings"] = {"m": 5.0}
+    now = merge(previous, record("a", theorem1=2.5), lambda name: {"m": 20.0})
+    assert now["upper"] == {"theorem1": 2.5}
 
 
 def test_data_free_bounds_run_without_the_dataset(compose, tmp_path, foreign_checkpoint):
