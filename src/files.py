@@ -12,6 +12,7 @@ import json
 import math
 import os
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
@@ -65,9 +66,47 @@ def _no_constant(name: str):
     raise ValueError(f"{name} (not JSON)")
 
 
+# The layout of the result files the apps read back and merge: a section of another type (a list for a
+# dict, a string for a curve) is damage, refused as such before it meets the code that reads it.
+# A type (or tuple of types): the value's; a dict of shapes: a JSON object whose listed keys, when
+# present, have theirs; Each(shape): a JSON object whose every value has that shape.
+
+
+@dataclass(frozen=True)
+class Each:
+    shape: object
+
+
+MAYBE_DICT = (dict, type(None))  # convergence: null for a network without equilibrium solves
+SHAPES = {
+    "bounds.json": {"upper": dict, "lower": dict, "seconds": dict, "failed": dict, "details": dict, "solver": dict,
+                    "provenance": Each({"settings": dict, "convergence": MAYBE_DICT})},
+    "robustness.json": {"certified": {"provenance": dict, "audit": dict},
+                        "certified_curves": Each({"provenance": dict, "audit": dict, "eps": list, "accuracy": list}),
+                        "pgd": {"provenance": dict, "eps": list, "accuracy": list}, "seconds": dict,
+                        "checks": Each(dict), "certified_model": dict, "convergence": MAYBE_DICT},
+    "metrics.json": {"convergence": MAYBE_DICT},
+}
+
+
+def _shape_problem(value, shape, where: str) -> str | None:
+    if isinstance(shape, Each):
+        if not isinstance(value, dict):
+            return f"{where} is a JSON {type(value).__name__}, not an object"
+        return next((p for k, v in value.items() if (p := _shape_problem(v, shape.shape, f"{where}.{k}"))), None)
+    if isinstance(shape, dict):
+        if not isinstance(value, dict):
+            return f"{where} is a JSON {type(value).__name__}, not an object"
+        return next((p for k, sub in shape.items() if k in value
+                     and (p := _shape_problem(value[k], sub, f"{where}.{k}" if where else k))), None)
+    if not isinstance(value, shape):
+        return f"{where} is a JSON {type(value).__name__}, not {'a list' if shape is list else 'an object'}"
+    return None
+
+
 def read_json(path: str | Path) -> dict | None:
     """The JSON object `path` holds; None when there is no such file. A file that is there but does not
-    hold a JSON object is a DamagedFileError naming it."""
+    hold a JSON object (of the layout SHAPES gives for its name) is a DamagedFileError naming it."""
     path = Path(path)
     if not path.exists():
         return None
@@ -78,9 +117,12 @@ def read_json(path: str | Path) -> dict | None:
     except ValueError as err:  # JSONDecodeError, UnicodeDecodeError, NaN
         problem = "empty" if not path.stat().st_size else f"not valid JSON: {err}"
     else:
-        if isinstance(record, dict):
-            return record
-        problem = f"a JSON {type(record).__name__}, not an object"
+        if not isinstance(record, dict):
+            problem = f"a JSON {type(record).__name__}, not an object"
+        else:
+            problem = _shape_problem(record, SHAPES.get(path.name, {}), "")
+            if problem is None:
+                return record
     raise DamagedFileError(f"{path} is damaged ({problem}), perhaps by an interrupted write: move it away "
                            f"(mv {path} {path}.damaged) and run the command again")
 

@@ -2,7 +2,9 @@
 (src/files.py), and a damaged JSON file of a run dir refuses the app before its work, naming the file."""
 from __future__ import annotations
 
+import json
 import os
+import re
 import stat
 from pathlib import Path
 
@@ -162,3 +164,24 @@ def test_a_damaged_metrics_json_ends_src_plot_as_one_line_before_drawing(run_app
         f"column 8 (char 7)), perhaps by an interrupted write: move it away (mv {run_dir / 'metrics.json'} "
         f"{run_dir / 'metrics.json'}.damaged) and run the command again"]
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("name,record,where", [
+    ("robustness.json", {"certified_curves": {"a/b": {"audit": None}}}, "certified_curves.a/b.audit"),
+    ("robustness.json", {"certified_curves": [], "pgd": 3}, "certified_curves is a JSON list"),
+    ("robustness.json", {"certified": "z"}, "certified is a JSON str"),
+    ("bounds.json", {"provenance": {"grad_norm": "x"}}, "provenance.grad_norm is a JSON str"),
+    ("bounds.json", {"upper": [1.0]}, "upper is a JSON list"),
+])
+def test_a_result_file_of_the_wrong_layout_is_damage_named_by_its_section(tmp_path, name, record, where):
+    path = tmp_path / name
+    path.write_text(json.dumps(record))
+    with pytest.raises(DamagedFileError, match=re.escape(where)):
+        files.read_json(path)
+
+
+def test_the_layouts_admit_what_the_apps_write(tmp_path):
+    """A DNN's entries record convergence null: no damage."""
+    path = tmp_path / "bounds.json"
+    path.write_text(json.dumps({"upper": {"naive": 2.0}, "provenance": {"naive": {"settings": {}, "convergence": None}}}))
+    assert files.read_json(path)["upper"] == {"naive": 2.0}
