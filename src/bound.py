@@ -126,6 +126,8 @@ def bound(cfg: DictConfig, run_dir: Path, m_given: bool = True) -> dict:
     record = {**compute_bounds(model, cfg, test_x, None if test is None else test.labels), **found}
     if with_generalization and train is not None:
         record["generalization"] = jsonable(generalization_bounds(model, cfg, train, loaded.initial_state))
+        if record["generalization"].get("complexity_term") is None:  # jsonable: a non-finite number is None
+            record["failed"]["generalization"] = "non-finite value (an overflow of the bound's terms)"
     if skipped:
         record["skipped"] = {"test_error": skipped, "generalization": skipped}
     solves = convergence(model)

@@ -107,7 +107,34 @@ def read_checkpoint(path: str | Path) -> dict:
     if not isinstance(checkpoint, Mapping):
         raise CheckpointError(f"checkpoint {path} holds a {type(checkpoint).__name__}, not a state dict or a "
                               f"Lightning checkpoint")
+    problem = _layout_problem(checkpoint)
+    if problem:
+        raise CheckpointError(f"checkpoint {path} is no checkpoint of a network: {problem}")
     return checkpoint
+
+
+def _layout_problem(checkpoint: Mapping) -> str | None:
+    """What of a checkpoint's sections the loaders read is not what they expect: weights as name -> tensor
+    (the state dict, or the bare file, and initial_state_dict), hyper_parameters and its model as mappings."""
+    def weights(section, where: str) -> str | None:
+        if not isinstance(section, Mapping):
+            return f"its {where} is a {type(section).__name__}, not a mapping of names to tensors"
+        wrong = next((k for k, v in section.items() if not isinstance(v, torch.Tensor)), None)
+        return None if wrong is None else f"its {where} entry {wrong!r} is a {type(section[wrong]).__name__}, not a tensor"
+
+    lightning = "state_dict" in checkpoint
+    for key, check in (("state_dict", weights), ("initial_state_dict", weights)):
+        if key in checkpoint and (found := check(checkpoint[key], key)):
+            return found
+    hparams = checkpoint.get("hyper_parameters")
+    if hparams is not None and not isinstance(hparams, Mapping):
+        return f"its hyper_parameters is a {type(hparams).__name__}, not a mapping"
+    for key in ("model", "splitting", "dataset"):
+        if hparams is not None and key in hparams and not isinstance(hparams[key], Mapping):
+            return f"its hyper_parameters.{key} is a {type(hparams[key]).__name__}, not a mapping"
+    if not lightning:  # a bare state dict: every entry a weight
+        return weights({k: v for k, v in checkpoint.items() if k not in ("hyper_parameters",)}, "state dict")
+    return None
 
 
 def _candidates(raw: Mapping[str, torch.Tensor]) -> dict[str, dict[str, torch.Tensor]]:

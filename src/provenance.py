@@ -50,6 +50,9 @@ def locked(run_dir: Path) -> Iterator[None]:
     except Timeout:
         raise RunDirBusyError(f"run dir {run_dir} is in use by another process (it holds {run_dir / LOCK_FILE}); "
                               f"wait for it to finish, or choose another run dir with hydra.run.dir=DIR") from None
+    except OSError as err:  # the lock file cannot be made: a directory in its place, no permission
+        raise RunDirBusyError(f"run dir {run_dir}: its lock file {run_dir / LOCK_FILE} cannot be opened "
+                              f"({err.strerror or type(err).__name__}); remove what stands in its place") from None
     try:
         yield
     finally:

@@ -112,7 +112,9 @@ POS_INT = number(1, integer=True)
 NONNEG_INT = number(0, integer=True)
 SEED = number(0, 2**32 - 1, integer=True)  # numpy's (and so Lightning's) seeds are 32-bit
 UNIT_OPEN = number(0, 1, lo_open=True, hi_open=True)
-EPS = number(0)  # radii: >= 0
+# radii: >= 0, and far below any overflow of eps / std (an l2 radius past the image box's diameter,
+# 28 for MNIST and 55 for CIFAR-10 pixels, covers every image there is)
+EPS = number(0, 1e3)
 BOUND_METHODS = ("theorem1", "theorem1_pooled", "sdp_diag", "sdp_pairwise", "unrolled_fb", "unrolled_pr", "naive",
                  "autolip", "seqlip_greedy", "lipsdp_neuron", "lipsdp_layer", "grad_norm")
 # 16-mixed / bf16-mixed would run the equilibrium solve in half precision: refused, not silently degraded
@@ -153,8 +155,9 @@ RULES: dict[str, Rule] = {
     "dataset.num_workers": NONNEG_INT,
     "dataset.augment": boolean(),
     "dataset.seed": SEED,
-    "dataset.n_train": POS_INT,
-    "dataset.n_test": POS_INT,
+    # synthetic images are made in memory: 10^6 of MNIST size are 0.8 GB
+    "dataset.n_train": number(1, 10 ** 6, integer=True),
+    "dataset.n_test": number(1, 10 ** 6, integer=True),
     # model (the fields per model name are build_model's to check)
     "model.name": choice("mon_fc", "mon_conv", "mon_multiconv", "dnn", "cnn"),
     "model.width": POS_INT,

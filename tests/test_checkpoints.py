@@ -266,3 +266,18 @@ def test_a_non_finite_weight_is_refused_by_name(bad):
                                               r"the training that wrote it diverged; allowed: finite weights$"):
         load_weights(net, state)
     assert torch.equal(net.Wout.weight, before)  # nothing loaded
+
+
+@pytest.mark.parametrize("content,problem", [
+    ({"state_dict": torch.ones(3), "hyper_parameters": {}}, "its state_dict is a Tensor"),
+    ({"Wout.weight": torch.ones(2, 2), "Wout.bias": 3}, "entry 'Wout.bias' is a int, not a tensor"),
+    ({"state_dict": {"model.w": torch.ones(1)}, "hyper_parameters": [1, 2, 3]}, "hyper_parameters is a list"),
+    ({"state_dict": {"model.w": torch.ones(1)}, "hyper_parameters": {"model": "mon_fc"}},
+     "hyper_parameters.model is a str"),
+    ({"state_dict": {"model.w": torch.ones(1)}, "initial_state_dict": "junk"}, "initial_state_dict is a str"),
+])
+def test_a_checkpoint_whose_sections_are_of_other_types_is_refused_naming_the_section(tmp_path, content, problem):
+    path = tmp_path / "odd.ckpt"
+    torch.save(content, path)
+    with pytest.raises(CheckpointError, match=re.escape(problem)):
+        read_checkpoint(path)

@@ -258,3 +258,14 @@ def test_complexity_term_scales_with_m_as_the_formula_says(m):
     first = 16 * h * math.log(24 * h) * K ** 2 * S / (gamma ** 2 * m ** 4 * (1 - c) ** 6 * (M - 1))
     second = math.log(3 * M ** 1.5 / (c * 0.1)) / (M - 1)
     assert out["complexity_term"] == pytest.approx(4 * math.sqrt(first + second), rel=1e-10)
+
+
+def test_an_overflowing_generalization_bound_is_recorded_as_failed(compose, tmp_path, foreign_checkpoint):
+    """generalization.B = 1e308 overflows the complexity term: bounds.json says failed, not null alone."""
+    from src.bound import bound
+
+    ckpt = foreign_checkpoint(1.0)
+    cfg = compose(["model=mon_fc", "model.width=8", "dataset=synthetic", "bound.methods=[theorem1]", "m=1",
+                   "bound.accept_poor_model=true", "generalization.B=1e308", f"ckpt={ckpt}"], config_name="bound")
+    record = bound(cfg, tmp_path / "run")
+    assert record["generalization"]["complexity_term"] is None and "generalization" in record["failed"]

@@ -68,3 +68,10 @@ def test_a_foreign_checkpoint_needs_m_and_a_sane_test_error(compose, tmp_path, f
         bound(compose(args, config_name="bound"), tmp_path / "run")
     record = bound(compose([*args, "bound.accept_poor_model=true"], config_name="bound"), tmp_path / "run")
     assert record["test_error"] > 0.5 and record["upper"]["theorem1"] > 0
+
+
+def test_a_lock_file_that_cannot_be_opened_refuses_in_one_line(tmp_path):
+    (tmp_path / provenance.LOCK_FILE).mkdir(parents=True)
+    with pytest.raises(provenance.RunDirBusyError, match="cannot be opened"):
+        with provenance.locked(tmp_path):
+            pass

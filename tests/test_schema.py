@@ -62,6 +62,8 @@ def test_every_composed_config_passes_and_every_key_has_a_rule(compose, app, ove
     ("robustness", "certify.lipschitz=inf", "certify.lipschitz=inf"),
     ("robustness", "certify.bound=local certify.lipschitz=3", "not both"),
     ("robustness", "robustness.audit.restarts=0", "robustness.audit.restarts=0"),
+    ("robustness", "certify.eps=[1e308]", "number >= 0 and <= 1000"),  # eps / std would overflow
+    ("config", "dataset=synthetic dataset.n_test=100000000", "dataset.n_test=100000000"),
     ("robustness", "robustness.methods=[]", "robustness.methods=[]: allowed: a non-empty list"),
     ("robustness", "robustness.device=tpu", "robustness.device='tpu'"),
 ])
