@@ -8,7 +8,6 @@ error cannot move a logit across a certificate's threshold).
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 
