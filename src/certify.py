@@ -40,8 +40,8 @@ from dataclasses import dataclass
 import torch
 
 RULES: dict[str, float] = {"paper": 2.0, "tight": math.sqrt(2.0)}
-# Relative allowance for float64 rounding in every final comparison and in the exact model's
-# state (src/exact_model.py explains the size): rounding can never tip a comparison to "certified".
+# Relative allowance for float64 rounding in every final comparison and in the exact model's state
+# (src/exact_model.py says how large and what it does not cover: sums that cancel far below their terms).
 ROUNDING = 2.0 ** -26
 
 
@@ -92,8 +92,8 @@ def gaps_of(logits: torch.Tensor, labels: torch.Tensor, spread: torch.Tensor | N
 def clears(gaps: Gaps, need: torch.Tensor) -> torch.Tensor:
     """Boolean (N,): every gap exceeds its need (N, C) by more than float64's rounding could hide.
 
-    The comparison is strict and allows ROUNDING relative to the magnitudes compared, so a gap that
-    rounding could close is not a certificate.
+    The comparison is strict and allows ROUNDING relative to the magnitudes compared, so a gap of the
+    order of float64's rounding of those magnitudes is not a certificate.
     """
     return ((gaps.low - need > ROUNDING * (gaps.size + need)) | gaps.own).all(1)
 

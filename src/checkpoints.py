@@ -160,6 +160,12 @@ def check_fits(model: nn.Module, state: Mapping[str, torch.Tensor]) -> None:
         if not finite.all():
             raise CheckpointError(f"the checkpoint's {name} holds {int((~finite).sum())} Inf or NaN values of "
                                   f"{value.numel()}: the training that wrote it diverged; allowed: finite weights")
+    # the single-conv operator's scale of A^T A: I - W >= m I holds only for g >= 0, and every bound and
+    # certificate of the model rests on it
+    for name, value in state.items():
+        if name.endswith("operator.g") and float(value) < 0:
+            raise CheckpointError(f"the checkpoint's {name} is {float(value):g} < 0: its W is then not strongly "
+                                  f"monotone with m, so no bound of it holds; allowed: g >= 0")
 
 
 def load_weights(model: nn.Module, checkpoint: Mapping) -> str:

@@ -63,7 +63,7 @@ CASES = [
      "cifar-10-batches-py are present but unreadable"),
     # the first training step's solve stops after one iteration: refused, and no checkpoint is left
     ("run", ["splitting.on_nonconvergence=error", "splitting.fwd_max_iter=1"],
-     "forward solve did not converge in 1 iterations"),
+     "samples in 1 iterations: relative residual"),
     ("bound", ["generalization.delta=2"], "generalization.delta=2: allowed: a number > 0 and < 1"),
     ("bound", ["bound.methods=[theorem9]"], "bound.methods=['theorem9']"),
     ("bound", ["ckpt={tmp}/folder.ckpt"], "folder.ckpt is a directory"),

@@ -281,3 +281,14 @@ def test_a_checkpoint_whose_sections_are_of_other_types_is_refused_naming_the_se
     torch.save(content, path)
     with pytest.raises(CheckpointError, match=re.escape(problem)):
         read_checkpoint(path)
+
+
+def test_a_single_conv_checkpoint_with_negative_g_is_refused():
+    """W = (1 - m) I - g A^T A + B - B^T is strongly monotone with m only for g >= 0."""
+    from src.models import build_model
+
+    model = build_model({"name": "mon_conv", "channels": 2}, 1.0, {}, (1, 6, 6), 10)
+    state = model.state_dict()
+    state["mon.operator.g"] = torch.tensor(-0.2)
+    with pytest.raises(CheckpointError, match=r"mon.operator.g is -0.2 < 0"):
+        load_weights(build_model({"name": "mon_conv", "channels": 2}, 1.0, {}, (1, 6, 6), 10), state)

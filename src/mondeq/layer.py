@@ -50,10 +50,12 @@ class MonDEQLayer(nn.Module):
         if not self._counting:
             return
         self.tallies[what].add(stats)
-        if stats.converged:
+        left = stats.samples - stats.converged_samples  # the batch's residual can hide a sample's
+        if stats.converged and not left:
             return
-        message = (f"{self.name} (m={self.operator.m}): {what} solve did not converge in {stats.iters} "
-                   f"iterations: relative residual {stats.residual:.3g} > tol {tol:g} "
+        message = (f"{self.name} (m={self.operator.m}): {what} solve did not converge for {left} of "
+                   f"{stats.samples} samples in {stats.iters} iterations: relative residual {stats.residual:.3g} "
+                   f"(the batch's), {stats.worst_sample_residual:.3g} (the worst sample's) > tol {tol:g} "
                    f"(splitting={self.solver.name}, alpha={self.alpha})")
         if self.solver.on_nonconvergence == "error":
             short = SHORT[what]
