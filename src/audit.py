@@ -15,7 +15,7 @@ import math
 import torch
 
 from .certify import margins
-from .exact_model import exact_logits, float64_copy
+from .exact_model import ExactModel
 from .progress import ticking
 
 INSIDE = 1 - 2.0 ** -20  # the balls are open (certified at eps < radius): attack just inside
@@ -39,8 +39,8 @@ def _pgd(net, x0, labels, radius, steps: int, start: torch.Tensor) -> torch.Tens
     return x.detach()
 
 
-def audit(model, x: torch.Tensor, labels: torch.Tensor, radii: torch.Tensor, steps: int, restarts: int,
-          batch_size: int, device, seed: int = 0) -> dict:
+def audit(exact: ExactModel, x: torch.Tensor, labels: torch.Tensor, radii: torch.Tensor, steps: int,
+          restarts: int, batch_size: int, seed: int = 0) -> dict:
     """Counterexamples inside the balls B(x_i, radii_i) (normalised units) of the points with radii_i > 0.
 
     Restart 0 starts at the centre, the others at uniform random points of the sphere of the ball.
@@ -50,7 +50,7 @@ def audit(model, x: torch.Tensor, labels: torch.Tensor, radii: torch.Tensor, ste
               "closest_margin": None}
     if len(rows) == 0 or steps == 0:
         return record
-    net = float64_copy(model, device)
+    device = exact.device
     g = torch.Generator().manual_seed(int(seed))
     found = torch.zeros(len(rows), dtype=torch.bool)
     closest = torch.full((len(rows),), math.inf, dtype=torch.float64)
@@ -65,8 +65,8 @@ def audit(model, x: torch.Tensor, labels: torch.Tensor, radii: torch.Tensor, ste
             if k:
                 direction = torch.randn(x0.shape, generator=g, dtype=torch.float64).to(device)
                 start = direction * (radius / direction.flatten(1).norm(dim=1)).view(-1, *[1] * (x0.dim() - 1))
-            adversarial = _pgd(net, x0, y, radius, steps, start)
-            margin = exact_logits(model, adversarial.cpu(), batch_size, device).worst_margin_above(labels[r])
+            adversarial = _pgd(exact.net, x0, y, radius, steps, start)
+            margin = exact.evaluate(adversarial, batch_size).worst_margin_above(labels[r])
             found[i:i + batch_size] |= margin < 0
             closest[i:i + batch_size] = torch.minimum(closest[i:i + batch_size], margin)
     record.update(counterexamples=int(found.sum()), closest_margin=float(closest.min()))

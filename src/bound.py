@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -46,7 +47,7 @@ def generalization_bounds(model, cfg: DictConfig, train, initial_state) -> dict:
     return out
 
 
-def merge(previous: dict | None, record: dict, settings_of=lambda name: {}) -> dict:
+def merge(previous: dict | None, record: dict, settings_of: Callable[[str], dict]) -> dict:
     """`record`, plus the entries of an earlier bounds.json that it did not recompute and that are of the
     same checkpoint and of the settings `settings_of(entry)` (provenance.bound_settings); the others are
     dropped with a line naming what differs."""

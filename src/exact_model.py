@@ -65,38 +65,46 @@ def _pair_norms(net) -> torch.Tensor:
     return (rows[:, :, None] - rows[:, None, :]).norm(dim=0)  # the differences themselves: no cancellation
 
 
-def float64_copy(model, device):
-    """`model` in float64 on `device`, a monDEQ solving its forward problem to STATE_TOL."""
-    net = copy.deepcopy(model).to(device=device, dtype=torch.float64).eval()
-    if isinstance(net, MonDEQNet):
-        layer = net.mon
-        layer.solver = dataclasses.replace(layer.solver, fwd_tol=STATE_TOL, fwd_max_iter=max(
-            STATE_MAX_ITER, layer.solver.fwd_max_iter), on_nonconvergence="warn")
-    return net
+class ExactModel:
+    """`model` in float64 on `device`, a monDEQ solving its forward problem to STATE_TOL: built once for a
+    whole evaluation and its audit (`net` is what the audit attacks, `evaluate` what proves its findings)."""
 
+    def __init__(self, model, device):
+        self.device = device
+        self.net = copy.deepcopy(model).to(device=device, dtype=torch.float64).eval()
+        self.pair_norms = None  # (C, C) ||c_i - c_j|| of a monDEQ's read-out
+        if isinstance(self.net, MonDEQNet):
+            layer = self.net.mon
+            layer.solver = dataclasses.replace(layer.solver, fwd_tol=STATE_TOL, fwd_max_iter=max(
+                STATE_MAX_ITER, layer.solver.fwd_max_iter), on_nonconvergence="warn")
+            self.pair_norms = _pair_norms(self.net)
 
-def exact_logits(model, x: torch.Tensor, batch_size: int, device) -> ExactLogits:
-    """The exact model's logits on normalised inputs x, with the allowance that makes them proved."""
-    starts = range(0, len(x), batch_size)
-    net = float64_copy(model, device)
-    if not isinstance(model, MonDEQNet):
-        with torch.no_grad():
-            logits = torch.cat([net(x[i:i + batch_size].to(device, torch.float64)).cpu()
-                                for i in ticking(starts, len(starts), "exact logits")])
-        classes = logits.shape[1]
-        return ExactLogits(logits, torch.zeros(len(x), dtype=torch.float64),
-                           torch.zeros(classes, classes, dtype=torch.float64))
-    op = net.mon.operator
-    logits, errors = [], []
-    with torch.no_grad(), warnings.catch_warnings():  # an unconverged float64 solve only widens the proved allowance
-        warnings.simplefilter("ignore", RuntimeWarning)
-        for i in ticking(starts, len(starts), "exact logits"):
-            prepared = net.prepare(x[i:i + batch_size].to(device, torch.float64))
-            u = op.input_term(prepared)
-            z = net.mon(prepared)
-            p = op.nonlinearity(op.multiply(z) + u)
-            step = op.multiply(z - p).norm(dim=1)
-            rounding = ROUNDING * (z.norm(dim=1) + u.norm(dim=1))
-            errors.append(((step + rounding) / op.m).cpu())
-            logits.append(net.Wout(net.readout(p)).cpu())
-    return ExactLogits(torch.cat(logits), torch.cat(errors), _pair_norms(net))
+    @torch.no_grad()
+    def evaluate(self, x: torch.Tensor, batch_size: int) -> ExactLogits:
+        """The exact model's logits on normalised inputs x, with the allowance that makes them proved."""
+        starts = range(0, len(x), batch_size)
+        logits, errors = [], []
+        with warnings.catch_warnings():  # an unconverged float64 solve only widens the proved allowance
+            warnings.simplefilter("ignore", RuntimeWarning)
+            for i in ticking(starts, len(starts), "exact logits"):
+                batch = x[i:i + batch_size].to(self.device, torch.float64)
+                logit, error = self._feedforward(batch) if self.pair_norms is None else self._mondeq(batch)
+                logits.append(logit)
+                errors.append(error)
+        logits = torch.cat(logits)
+        pairs = self.pair_norms if self.pair_norms is not None else torch.zeros(logits.shape[1], logits.shape[1],
+                                                                                   dtype=torch.float64)
+        return ExactLogits(logits, torch.cat(errors), pairs)
+
+    def _feedforward(self, batch: torch.Tensor):
+        return self.net(batch).cpu(), torch.zeros(len(batch), dtype=torch.float64)
+
+    def _mondeq(self, batch: torch.Tensor):
+        net, op = self.net, self.net.mon.operator
+        prepared = net.prepare(batch)
+        u = op.input_term(prepared)
+        z = net.mon(prepared)
+        p = op.nonlinearity(op.multiply(z) + u)
+        step = op.multiply(z - p).norm(dim=1)
+        rounding = ROUNDING * (z.norm(dim=1) + u.norm(dim=1))
+        return net.Wout(net.readout(p)).cpu(), ((step + rounding) / op.m).cpu()

@@ -106,17 +106,16 @@ def lipschitz_constant(cfg: DictConfig, model, bound: str, sha256: str, run_dir:
     return value, "computed"
 
 
-def _merge(previous: dict | None, record: dict) -> dict:
+def _merge(previous: dict | None, record: dict, origin: dict) -> dict:
     """`record`, plus the curves of an earlier robustness.json that it did not recompute and that are of the
-    same checkpoint, test points and settings; the others are dropped with a line naming what differs."""
+    checkpoint and settings of `origin` (the provenance of record's entries); the others are dropped with a
+    line naming what differs."""
     if not previous:
         return record
     merged = dict(record)
-    origin_now = next(iter([*record.get("certified_curves", {}).values(), record.get("pgd") or {}]), {})
-    origin_now = origin_now.get("provenance", {})
 
     def kept(name: str, entry: dict) -> bool:
-        why = provenance.why_not_same(origin_now, entry.get("provenance", {}))
+        why = provenance.why_not_same(origin, entry.get("provenance", {}))
         if entry.get("audit", {}).get("counterexamples"):
             why = "its audit found counterexamples"
         if why:
@@ -182,19 +181,19 @@ def evaluate(cfg: DictConfig, model, sha256: str, run_dir: Path, images: torch.T
                     "n_test": len(labels), "seconds": {},
                     "eps_units": "l2 norm in [0, 1] pixel units; certificates use eps / min(std) "
                                  "in normalised units (src/certify.py)"}
+    curves: dict[str, dict] = {}
     if "certified" in methods:
-        exact = exact_model.exact_logits(model, x, batch, device)
-        gaps = exact.gaps(labels)
+        exact = exact_model.ExactModel(model, device)
+        found_exact = exact.evaluate(x, batch)
+        gaps = found_exact.gaps(labels)
         record["certified_model"] = {
             "what": "the exact model: float64, a monDEQ at its exact equilibrium (margins lowered by a "
                     "proved bound on the float64 solve's distance from it, src/exact_model.py)",
-            "state_error_max": float(exact.state_error.max()) if len(labels) else 0.0,
+            "state_error_max": float(found_exact.state_error.max()) if len(labels) else 0.0,
             "rounding": certify.ROUNDING,
-            "disagreements": int((exact.logits.argmax(1) != logits.argmax(1)).sum()),
+            "disagreements": int((found_exact.logits.argmax(1) != logits.argmax(1)).sum()),
             "disagreements_of": "test points where the network as evaluated (clean accuracy, PGD) predicts "
                                 "another class than the exact model"}
-    curves: dict[str, dict] = {}
-    if "certified" in methods:
         start = time.perf_counter()
         eps = default_grid(cfg, "certified")
         rules = [str(v) for v in cfg.certify.rule]
@@ -218,8 +217,8 @@ def evaluate(cfg: DictConfig, model, sha256: str, run_dir: Path, images: torch.T
         record["seconds"]["certified"] = time.perf_counter() - start + bound_seconds
         start = time.perf_counter()
         for name, curve in curves.items():
-            curve["audit"] = audit.audit(model, x, labels, certify.certified_radii(curve, gaps, labels),
-                                         int(r.audit.steps), int(r.audit.restarts), batch, device, int(cfg.seed))
+            curve["audit"] = audit.audit(exact, x, labels, certify.certified_radii(curve, gaps, labels),
+                                         int(r.audit.steps), int(r.audit.restarts), batch, int(cfg.seed))
             log.info(f"audit [{name}]: {curve['audit']['counterexamples']} counterexamples in "
                      f"{curve['audit']['points']} certified balls")
         record["seconds"]["audit"] = time.perf_counter() - start
@@ -306,7 +305,7 @@ def robustness(cfg: DictConfig, run_dir: Path, m_given: bool = True) -> dict:
             entry["provenance"] = origin
     record.update(dataset=cfg.dataset.name, profile=cfg.get("profile"), model=OmegaConf.to_container(cfg.model),
                   m=cfg.m, ckpt=loaded.path, ckpt_sha256=loaded.sha256, convergence=solves)
-    record = _merge(previous, record)
+    record = _merge(previous, record, origin)
     files.write_json(path, record)
     summary.write(run_dir, "robustness", summary.robustness(record))
     log.info(f"wrote {path}")

@@ -77,15 +77,16 @@ def test_the_lower_bound_of_a_conv_mondeq_on_the_gpu_equals_the_cpus(cuda):
 
 def test_the_exact_model_and_its_audit_on_the_gpu_agree_with_the_cpus(cuda):
     from src.audit import audit
-    from src.exact_model import exact_logits
+    from src.exact_model import ExactModel
 
     torch.manual_seed(0)
     model = build_model({"name": "mon_conv", "channels": 4}, 1.0, {"name": "pr", "alpha": 1.0}, (1, 8, 8), 10)
     x = torch.randn(16, 1, 8, 8, generator=torch.Generator().manual_seed(3))
-    cpu = exact_logits(model, x, 8, torch.device("cpu"))
-    gpu = exact_logits(model.to(cuda), x, 8, cuda)
+    cpu = ExactModel(model, torch.device("cpu")).evaluate(x, 8)
+    exact = ExactModel(model.to(cuda), cuda)
+    gpu = exact.evaluate(x, 8)
     assert (gpu.logits - cpu.logits).abs().max() <= 1e-7 and gpu.state_error.max() <= 1e-6
     labels = cpu.logits.argmax(1)
     radii = torch.full((16,), 1e-3, dtype=torch.float64)
-    found = audit(model, x, labels, radii, steps=3, restarts=2, batch_size=8, device=cuda)
+    found = audit(exact, x, labels, radii, steps=3, restarts=2, batch_size=8)
     assert found["points"] == 16 and found["counterexamples"] == 0

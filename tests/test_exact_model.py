@@ -35,7 +35,7 @@ def test_the_allowance_covers_the_distance_to_the_exact_equilibrium_even_for_a_c
         monkeypatch.setattr(exact_model, "STATE_TOL", tol)
         monkeypatch.setattr(exact_model, "STATE_MAX_ITER", max_iter)
         net.mon.solver = SolverConfig(name="pr", alpha=1.0, fwd_max_iter=1)  # the copy takes the larger max_iter
-        found = exact_model.exact_logits(net, x, 16, torch.device("cpu"))
+        found = exact_model.ExactModel(net, torch.device("cpu")).evaluate(x, 16)
         # the state behind the logits, recomputed: its distance from z* is within the proved allowance
         moved = (found.logits - exact_logits).abs().amax(1)
         gaps = found.gaps(labels)
@@ -58,7 +58,7 @@ def test_a_conv_mondeq_allowance_holds_against_a_much_tighter_solve():
     torch.manual_seed(0)
     net = MonConvNet((1, 6, 6), CLASSES, channels=3, m=1.0, solver=SolverConfig(name="pr", alpha=1.0)).eval()
     x = torch.randn(8, 1, 6, 6, generator=torch.Generator().manual_seed(2))
-    found = exact_model.exact_logits(net, x, 8, torch.device("cpu"))
+    found = exact_model.ExactModel(net, torch.device("cpu")).evaluate(x, 8)
     ref = net.double()
     ref.mon.solver = SolverConfig(name="pr", alpha=1.0, fwd_tol=1e-14, fwd_max_iter=20000)
     with torch.no_grad():
@@ -72,7 +72,7 @@ def test_a_feedforward_network_is_its_float64_self():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, CLASSES))
     x = torch.randn(10, 6)
-    found = exact_model.exact_logits(model, x, 4, torch.device("cpu"))
+    found = exact_model.ExactModel(model, torch.device("cpu")).evaluate(x, 4)
     with torch.no_grad():
         torch.testing.assert_close(found.logits, model.double()(x.double()))
     assert (found.state_error == 0).all()

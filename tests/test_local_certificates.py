@@ -192,7 +192,7 @@ def test_certified_radii_are_below_the_exact_distance_to_the_boundary(planar):
     the exact one, and at the exact radius where the whole ball lies on one affine piece."""
     net, dm, x, labels, pair, cen, out = planar
     radius = out["radius"]
-    glob = certify.radius(certify.Gaps(cen.gaps, cen.size, cen.own), cen.pair)
+    glob = certify.radius(cen.margins, cen.pair)
     exact = torch.tensor([exact_radius(dm, x[k].numpy(), int(labels[k])) for k in range(len(x))],
                          dtype=torch.float64)
     assert (radius <= exact * (1 + 1e-6)).all()
@@ -227,7 +227,7 @@ def test_local_constants_lie_between_sampled_jacobians_and_the_global_constants(
     loc, centred = res["lipschitz"][found], res["centred"][found]
     assert (centred <= loc * (1 + 1e-12)).all() and (centred < loc * (1 - 1e-3)).any()
     glob = torch.minimum(cen.pair, torch.full_like(cen.pair, math.sqrt(2) * theorem1(net)["value"]))[found]
-    assert (loc[~cen.own[found]] <= glob[~cen.own[found]] * (1 + 1e-9)).all()
+    assert (loc[~cen.margins.own[found]] <= glob[~cen.margins.own[found]] * (1 + 1e-9)).all()
     pts = in_ball(x[found], eps[found], 300, seed=9).flatten(0, 1).requires_grad_(True)
     own = labels[found].repeat_interleave(300)
     logits = net(pts)
@@ -237,7 +237,7 @@ def test_local_constants_lie_between_sampled_jacobians_and_the_global_constants(
         grad, = torch.autograd.grad(gap.sum(), pts, retain_graph=True)
         norms = grad.norm(dim=1).view(int(found.sum()), -1).amax(1)
         assert (norms <= loc[:, j] * (1 + 1e-7) + 1e-12).all()
-        ratio = ((gap.detach() - cen.gaps[found, j].repeat_interleave(300)).abs() / moved).view(len(norms), -1)
+        ratio = ((gap.detach() - cen.margins.low[found, j].repeat_interleave(300)).abs() / moved).view(len(norms), -1)
         assert (ratio.amax(1) <= centred[:, j] * (1 + 1e-7) + 1e-12).all()
 
 
@@ -245,7 +245,7 @@ def test_monotone_ball_bound_is_sound_and_no_tighter_than_vertex(planar):
     net, dm, x, labels, pair, cen, out = planar
     mono = local.certified_radii(dm, cen, "monotone", steps=14)
     assert (mono["radius"] <= out["radius"] * (1 + 2 ** -12)).all()
-    glob = certify.radius(certify.Gaps(cen.gaps, cen.size, cen.own), cen.pair)
+    glob = certify.radius(cen.margins, cen.pair)
     assert (mono["radius"] >= glob).all()
     eps = out["radius"] * 0.9
     assert (local.check(dm, cen, eps, "monotone")["certified"] <= local.check(dm, cen, eps)["certified"]).all()
@@ -261,7 +261,7 @@ def test_certification_is_monotone_in_eps_and_gives_up_over_max_unstable(planar)
         previous = now
     capped = local.check(dm, cen, base * 0.9, max_unstable=0)
     assert (capped["unstable"] <= 0).all()
-    glob = certify.radius(certify.Gaps(cen.gaps, cen.size, cen.own), cen.pair)
+    glob = certify.radius(cen.margins, cen.pair)
     assert (capped["certified"] >= (base * 0.9 < glob)).all()
 
 
@@ -284,7 +284,7 @@ def test_small_conv_mondeq_local_radii_are_sound():
     pair = local.pair_constants(theorem1_pooled(net)["value"], CLASSES)
     cen = local.centres(dm, x.flatten(1), labels, pair)
     out = local.certified_radii(dm, cen)
-    glob = certify.radius(certify.Gaps(cen.gaps, cen.size, cen.own), cen.pair)
+    glob = certify.radius(cen.margins, cen.pair)
     assert (out["radius"] >= glob).all() and (out["radius"] > glob * 1.01).any()
 
     class Flat(torch.nn.Module):
@@ -399,13 +399,14 @@ def test_bench_record_of_the_local_certifier(compose, capsys):
 
 def test_the_audit_finds_no_counterexample_in_certified_balls_and_finds_them_in_balls_5_percent_larger(planar):
     from src.audit import audit
+    from src.exact_model import ExactModel
 
     net, dm, x, labels, pair, cen, out = planar
-    cpu = torch.device("cpu")
-    clean = audit(net, x, labels, out["radius"], steps=30, restarts=3, batch_size=8, device=cpu)
+    exact = ExactModel(net, torch.device("cpu"))
+    clean = audit(exact, x, labels, out["radius"], steps=30, restarts=3, batch_size=8)
     assert clean["points"] == int((out["radius"] > 0).sum()) > 0 and clean["counterexamples"] == 0
     assert clean["closest_margin"] > 0
     # where the ball lies on one affine piece the radius is the exact distance to the boundary
     tight = torch.where(out["unstable"] == 0, out["radius"] * 1.05, torch.zeros_like(out["radius"]))
-    larger = audit(net, x, labels, tight, steps=30, restarts=3, batch_size=8, device=cpu)
+    larger = audit(exact, x, labels, tight, steps=30, restarts=3, batch_size=8)
     assert larger["points"] > 0 and larger["counterexamples"] == larger["points"]

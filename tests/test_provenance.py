@@ -33,7 +33,7 @@ def test_merge_keeps_earlier_entries_of_the_same_checkpoint_only():
     previous = record("a", theorem1=3.0, sdp_diag=2.0)
     previous["provenance"]["naive"] = {"ckpt_sha256": "b"}
     previous["upper"]["naive"] = 9.0
-    now = merge(previous, record("a", theorem1=2.5))
+    now = merge(previous, record("a", theorem1=2.5), lambda name: {})
     assert now["upper"] == {"theorem1": 2.5, "sdp_diag": 2.0}  # recomputed, kept, dropped (other checkpoint)
     assert set(now["provenance"]) == {"theorem1", "sdp_diag"} and now["seconds"]["sdp_diag"] == 1.0
     # an entry of other settings is dropped too (m, as an original-layout checkpoint records none)

@@ -231,29 +231,25 @@ def box_sup(dm: DenseMonDEQ, method: str, v0, stable, lo, hi, c, e) -> torch.Ten
 class Centres:
     """What the certificates need of each input: its exact equilibrium and the margins there."""
     v0: torch.Tensor       # (N, h) pre-activations
-    gaps: torch.Tensor     # (N, classes): f_y - f_j (0 at j = y)
-    size: torch.Tensor     # (N, classes): |f_y| + |f_j|, the scale of the comparisons' rounding allowance
+    margins: Gaps          # f_y - f_j at the exact equilibrium (src/certify.py)
     ok: torch.Tensor       # (N,) the exact equilibrium was found
     c: torch.Tensor        # (N, h, q), e (h, q): the outputs (`_outputs`)
     e: torch.Tensor
     pair: torch.Tensor     # (N, classes): the global constant of f_y - f_j (inf where none is known)
-    own: torch.Tensor      # (N, classes): j = y, where no margin is asked for
 
 
 def centres(dm: DenseMonDEQ, x: torch.Tensor, labels: torch.Tensor, pair: torch.Tensor,
             z_start: torch.Tensor | None = None) -> Centres:
     """pair: the (classes, classes) global constants L_ij of f_i - f_j (inf where none is known)."""
     z, v, ok = equilibrium(dm, x, z_start)
-    gaps = gaps_of(z @ dm.C + dm.b_out, labels)
     c, e = _outputs(dm, labels)
-    return Centres(v0=v, gaps=gaps.low.masked_fill(gaps.own, 0), size=gaps.size, ok=ok, c=c, e=e,
-                   pair=pair[labels], own=gaps.own)
+    return Centres(v0=v, margins=gaps_of(z @ dm.C + dm.b_out, labels), ok=ok, c=c, e=e, pair=pair[labels])
 
 
 def _certifies(cen: Centres, constants, eps) -> torch.Tensor:
     """f_y - f_j > eps L_j for every j != y, beyond rounding (src/certify.py: clears)."""
     need = torch.where(constants.isinf() & (eps[:, None] == 0), 0.0, eps[:, None] * constants)
-    return clears(Gaps(low=cen.gaps, size=cen.size, own=cen.own), need)
+    return clears(cen.margins, need)
 
 
 def _below(change, size):
@@ -322,17 +318,17 @@ def certified_radii(dm: DenseMonDEQ, cen: Centres, method: str = "vertex", max_u
     every stable neuron stable and every bound smaller).  Certified at eps: eps < radius.
     """
     N, h = cen.v0.shape
-    inf = torch.full_like(cen.gaps, math.inf)
-    lo = radius(Gaps(low=cen.gaps, size=cen.size, own=cen.own), cen.pair)
+    inf = torch.full_like(cen.pair, math.inf)
+    lo = radius(cen.margins, cen.pair)
     lo = torch.where(cen.ok, lo, torch.zeros_like(lo))
     every = torch.ones_like(cen.v0, dtype=torch.bool)
     no_box = torch.zeros_like(cen.v0)  # every neuron fixed: the slope box is the centre's pattern
     centre = box_sup(dm, "vertex", cen.v0, every, no_box, no_box, cen.c, cen.e)[:, h:]
-    hi = torch.where(cen.own, inf, cen.gaps / centre).amin(1)
+    hi = torch.where(cen.margins.own, inf, cen.margins.low / centre).amin(1)
     # a locally flat margin (no gradient at all) gives no upper limit: keep the global radius there
     hi = torch.where(hi.isfinite() & (hi > lo), hi, lo)
     unstable = torch.full((N,), -1, dtype=torch.long)
-    lipschitz = torch.full_like(cen.gaps, math.inf)
+    lipschitz = torch.full_like(cen.pair, math.inf)
     for _ in range(steps):
         rows = (hi > lo).nonzero().squeeze(1)
         if len(rows) == 0:
@@ -348,8 +344,9 @@ def certified_radii(dm: DenseMonDEQ, cen: Centres, method: str = "vertex", max_u
 
 
 def _rows(cen: Centres, rows) -> Centres:
-    return Centres(v0=cen.v0[rows], gaps=cen.gaps[rows], size=cen.size[rows], ok=cen.ok[rows], c=cen.c[rows], e=cen.e,
-                   pair=cen.pair[rows], own=cen.own[rows])
+    m = cen.margins
+    return Centres(v0=cen.v0[rows], margins=Gaps(low=m.low[rows], size=m.size[rows], own=m.own[rows]),
+                   ok=cen.ok[rows], c=cen.c[rows], e=cen.e, pair=cen.pair[rows])
 
 
 def pair_constants(value, classes: int) -> torch.Tensor:
