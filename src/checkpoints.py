@@ -208,24 +208,21 @@ class Loaded:
 
 
 def check_recorded(path: Path, hparams: Mapping, cfg) -> None:
-    """Refuse a checkpoint whose recorded model, m or dataset differ from the configuration's."""
+    """Refuse a checkpoint whose recorded model, m or data (the keys src/schema.py declares `of_checkpoint`)
+    differ from the configuration's."""
     from omegaconf import OmegaConf
 
     from .models import MONDEQ_MODELS
-    from .provenance import describe, differing, what
+    from .provenance import describe, differing
+    from .schema import RUN, values
 
-    now = {"model": OmegaConf.to_container(cfg.model, resolve=True),
-           "dataset": what("dataset", OmegaConf.to_container(cfg.dataset, resolve=True))}
-    before = {"model": dict(hparams.get("model") or {}), "dataset": what("dataset", dict(hparams.get("dataset") or {}))}
-    if cfg.model.name in MONDEQ_MODELS:
-        now["m"], before["m"] = float(cfg.m), hparams.get("m")
-    keys = [k for k in differing(now, before) if not k.startswith("dataset.") or k.split(".")[1] in RECORDED_DATASET]
+    mondeq = cfg.model.name in MONDEQ_MODELS
+    now = values(OmegaConf.to_container(cfg, resolve=True), RUN, mondeq=mondeq, of_checkpoint=True)
+    before = values(dict(hparams), RUN, mondeq=mondeq, of_checkpoint=True)
+    keys = differing(now, before)
     if keys:
         raise CheckpointError(f"checkpoint {path} was trained with other settings than given "
                               f"({describe(keys, now, before)}); give the settings it records, or another ckpt=")
-
-
-RECORDED_DATASET = ("name", "in_shape", "num_classes", "mean", "std", "n_train", "seed")
 
 
 def load_model(cfg, run_dir: Path, m_given: bool = True) -> Loaded:

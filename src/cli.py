@@ -28,10 +28,14 @@ from .errors import ConfigError, one_line_errors
 CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
 
 
-def _run_name(override_dirname: str) -> str:
-    # A run with no overrides would otherwise get the experiment dir itself, and the
+def _run_name(task) -> str:
+    """A run dir's name: the job's overrides (hydra.overrides.task) that change src.run's result, sorted,
+    as Hydra's override_dirname joins them (schema.names_the_run says which, from each key's declaration)."""
+    from .schema import names_the_run
+
+    # A run with no such overrides would otherwise get the experiment dir itself, and the
     # runs of its sweeps would nest inside it.
-    return override_dirname or "defaults"
+    return ",".join(sorted(o for o in task if names_the_run(o))) or "defaults"
 
 
 # Registered at import, so that the compose API (tests, other tools) resolves

@@ -93,7 +93,7 @@ class LitClassifier(L.LightningModule):
 
     # --- the test split after every epoch (trainer.limit_val_batches of it; the profiles set it) --
     # Its loader draws a seed from torch's generator: restored after it, so that watching the test
-    # error changes no batch of the training (a monitor, not a setting: provenance.WHERE_NOT_WHAT).
+    # error changes no batch of the training (a monitor, not a setting: src/schema.py declares it NOTHING).
     def on_validation_start(self) -> None:
         self._rng_before_validation = torch.get_rng_state()
 

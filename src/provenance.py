@@ -3,6 +3,7 @@
 A run dir is named by the command-line overrides only, so the same command can meet files of
 other settings (an edited config file, another seed): the apps compare the settings recorded
 with a result to the ones they run with and refuse to mix them, naming the keys that differ.
+Which keys are a result's settings is each key's declaration in src/schema.py.
 """
 from __future__ import annotations
 
@@ -14,15 +15,6 @@ from pathlib import Path
 from .errors import ProjectError
 
 LOCK_FILE = ".lock"
-# Keys of a config section that say where or how fast, not what: they never make two results differ.
-# trainer.max_epochs is a cap that a run records as its `epochs`: a larger one continues a run.
-WHERE_NOT_WHAT = {
-    "dataset": ("root", "download", "num_workers", "system_dir", "test_batch_size"),
-    # devices and num_nodes are not among them: the processes' batches add up to one optimizer step
-    # limit_val_batches, check_val_every_n_epoch: the test error watched after each epoch (src/lit.py)
-    "trainer": ("accelerator", "strategy", "enable_progress_bar", "log_every_n_steps", "max_epochs",
-                "limit_val_batches", "check_val_every_n_epoch"),
-}
 # Set by Lightning's DDP launcher and by torchrun / Slurm in every process they start
 RANK_VARIABLES = ("RANK", "NODE_RANK", "LOCAL_RANK", "SLURM_PROCID")
 
@@ -67,11 +59,6 @@ def sha256(path: str | Path) -> str:
     return h.hexdigest()
 
 
-def what(section: str, values: Mapping) -> dict:
-    """`values` of a config section without its where-not-what keys."""
-    return {k: v for k, v in values.items() if k not in WHERE_NOT_WHAT.get(section, ())}
-
-
 def differing(now: Mapping, before: Mapping, prefix: str = "") -> list[str]:
     """The dotted keys whose values differ between two nested mappings (a key only in one differs)."""
     keys: list[str] = []
@@ -97,23 +84,36 @@ def describe(keys: list[str], now: Mapping, before: Mapping) -> str:
     return "; ".join(f"{k}: {get(before, k)!r} recorded, {get(now, k)!r} now" for k in keys)
 
 
-def bound_settings(cfg, entry: str = "") -> dict:
-    """The settings besides the checkpoint that change the bounds.json entry `entry` (recorded with it,
-    compared before it is reused): the model and m (an original-layout checkpoint does not record m),
-    the dataset (its normalisation), the bound and solver settings; the generalization settings for the
-    generalization entry only."""
+def settings(cfg, result: str, extra: tuple[str, ...] = ()) -> dict:
+    """The settings besides the checkpoint that change `result` (schema.BOUNDS, ROBUSTNESS, ...; `extra`:
+    more results whose keys count too), as each key declares (src/schema.py): recorded with a result and
+    compared before it is reused."""
     from omegaconf import OmegaConf
 
     from .models import MONDEQ_MODELS
+    from .schema import values
 
     plain = OmegaConf.to_container(cfg, resolve=True)
-    bound = {k: v for k, v in plain["bound"].items() if k not in ("methods", "test_error", "accept_poor_model")}
-    found = {"model": plain["model"], "seed": plain["seed"], "bound": bound, "dataset": what("dataset", plain["dataset"])}
-    if entry == "generalization":
-        found["generalization"] = plain["generalization"]
-    if plain["model"]["name"] in MONDEQ_MODELS:  # m and the solver mean nothing to a feed-forward network
-        found.update(m=float(plain["m"]), splitting=plain["splitting"])
+    mondeq = plain["model"]["name"] in MONDEQ_MODELS
+    found: dict = {}
+    for one in (result, *extra):
+        _deep_update(found, values(plain, one, mondeq=mondeq))
     return found
+
+
+def _deep_update(into: dict, more: Mapping) -> None:
+    for key, value in more.items():
+        if isinstance(value, Mapping) and isinstance(into.get(key), dict):
+            _deep_update(into[key], value)
+        else:
+            into[key] = value
+
+
+def bound_settings(cfg, entry: str = "") -> dict:
+    """The settings of the bounds.json entry `entry`: the generalization entry's keys count for it only."""
+    from .schema import BOUNDS, GENERALIZATION
+
+    return settings(cfg, BOUNDS, (GENERALIZATION,) if entry == "generalization" else ())
 
 
 def why_not_same(now: Mapping, before: Mapping) -> str | None:

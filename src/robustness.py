@@ -41,7 +41,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from . import attack, audit, certify, exact_model, files, loggers, provenance, summary
 from .errors import SolverError, UnsoundCertificateError
-from .schema import is_lipschitz_value
+from .schema import ROBUSTNESS, is_lipschitz_value
 from .evaluation import convergence, logits_of, pick_device, reset_convergence, warn_unconverged
 
 log = logging.getLogger(__name__)
@@ -254,18 +254,6 @@ def evaluate(cfg: DictConfig, model, sha256: str, run_dir: Path, images: torch.T
     return record
 
 
-def settings(cfg: DictConfig, n_test: int) -> dict:
-    """The settings besides the checkpoint that change a curve (recorded with every entry; an earlier
-    curve is kept beside new ones only when they are equal).  certify.bound, rule and eps are not among
-    them: they choose which curves there are and their radii, each curve carrying its own."""
-    plain = OmegaConf.to_container(cfg, resolve=True)
-    certify_what = {k: v for k, v in plain["certify"].items() if k not in ("bound", "rule", "eps")}
-    return {"model": plain["model"], "m": float(plain["m"]), "seed": plain["seed"], "n_test": n_test,
-            "certify": certify_what, "pgd": plain["robustness"]["pgd"], "audit": plain["robustness"]["audit"],
-            "splitting": plain["splitting"],
-            "dataset": provenance.what("dataset", plain["dataset"])}
-
-
 def run(cfg: DictConfig) -> dict:
     from hydra.core.hydra_config import HydraConfig
 
@@ -299,7 +287,7 @@ def robustness(cfg: DictConfig, run_dir: Path, m_given: bool = True) -> dict:
                       check_model=lambda error: check_not_poor(loaded, error, bool(cfg.bound.accept_poor_model)))
     solves = convergence(loaded.model)
     warn_unconverged(solves, "src.robustness")
-    origin = {"ckpt_sha256": loaded.sha256, "settings": settings(cfg, n), "convergence": solves}
+    origin = {"ckpt_sha256": loaded.sha256, "settings": provenance.settings(cfg, ROBUSTNESS), "convergence": solves}
     for entry in [*record.get("certified_curves", {}).values(), record.get("pgd")]:
         if entry is not None:
             entry["provenance"] = origin

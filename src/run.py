@@ -18,7 +18,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from . import files, loggers, provenance, summary
+from . import files, loggers, provenance, schema, summary
 from .cli import hydra_app, keep_config
 from .evaluation import warn_unconverged
 from .errors import CheckpointError, ConfigError
@@ -69,7 +69,8 @@ def _holds(path: Path, lit, global_step: int) -> bool:
 
 
 def _settings(hparams: Mapping) -> dict:
-    return {k: (provenance.what(k, v) if isinstance(v, Mapping) else v) for k, v in hparams.items()}
+    """What of a run's recorded settings changes its result (src/schema.py's declarations)."""
+    return schema.values(dict(hparams), schema.RUN)
 
 
 def _restrict(loaders, indices):
@@ -135,7 +136,7 @@ def _train(cfg: DictConfig, run_dir: Path, group: str) -> dict:
     plain = OmegaConf.to_container(cfg, resolve=True)
     lit = LitClassifier(model=plain["model"], m=float(cfg.m), splitting=plain["splitting"],
                         dataset=plain["dataset"], optim=plain["optim"], margin_gamma=cfg.margin_gamma,
-                        seed=cfg.seed, protocol=plain["protocol"], trainer=provenance.what("trainer", plain["trainer"]))
+                        seed=cfg.seed, protocol=plain["protocol"], trainer=schema.values(plain["trainer"], schema.RUN, prefix="trainer."))
     resume = resumable(Path(cfg.ckpt) if cfg.ckpt else run_dir / "last.ckpt", lit.hparams, explicit=bool(cfg.ckpt))
     files.check_json(run_dir / loggers.RUN_FILE)
     keep_config(cfg, run_dir)

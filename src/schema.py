@@ -1,7 +1,13 @@
 """The typed schema of every config key: checked before any data is read or any model trained.
 
+Every key is declared once, in KEYS: its rule (type, range, choices) and the results it changes
+(`Key.changes`).  From that declaration alone come the run dir's name (the keys that change
+src.run's result: `names_the_run`), what a checkpoint records and is compared with (`values`),
+and the settings recorded with every bounds.json and robustness.json entry, compared before one
+is reused (`settings`).
+
 `check(cfg)` walks every leaf of a composed config (all apps, every group) and applies the
-rule of its key: type, range, choices.  Keys holding a list accept a bare value (`bound.methods=
+rule of its key.  Keys holding a list accept a bare value (`bound.methods=
 theorem1` is `[theorem1]`) and are rewritten as lists in place; numbers are cast to their type.
 A key without a rule is refused, so a key added to conf/ without one fails the tests
 (tests/test_schema.py composes every config).  `trainer.*` keys beyond the known ones are
@@ -27,6 +33,35 @@ class Invalid(ValueError):
 @dataclass(frozen=True)
 class Rule:
     cast: Callable[[object], object]  # returns the checked value or raises Invalid
+
+
+# The results a key can change: one per app that writes them.
+RUN = "run"                        # src.run: the trained weights, metrics.json
+BOUNDS = "bounds"                  # src.bound: the Lipschitz bounds of a checkpoint
+GENERALIZATION = "generalization"  # src.bound: the generalization bound of a checkpoint
+ROBUSTNESS = "robustness"          # src.robustness: the curves of a checkpoint
+EVERY = frozenset({RUN, BOUNDS, GENERALIZATION, ROBUSTNESS})
+# Says where or how fast (paths, devices, batch sizes of evaluation, logging), or which entries an
+# app makes (each entry carries what identifies it): two values never give two different numbers.
+NOTHING = frozenset()
+
+
+@dataclass(frozen=True)
+class Key:
+    """A config key's rule and the results it changes: the one declaration a key has."""
+    rule: Rule
+    changes: frozenset[str]
+    of_checkpoint: bool = False  # what a checkpoint is of (model, m, data): one recording another is refused
+    mondeq_only: bool = False    # means nothing to a feed-forward network: left out of its results' settings
+
+    def __init__(self, rule: Rule, changes, *, of_checkpoint: bool = False, mondeq_only: bool = False):
+        unknown = set(changes) - EVERY
+        if unknown:
+            raise ValueError(f"Key.changes: {sorted(unknown)}; allowed: {sorted(EVERY)}")
+        object.__setattr__(self, "rule", rule)
+        object.__setattr__(self, "changes", frozenset(changes))
+        object.__setattr__(self, "of_checkpoint", of_checkpoint)
+        object.__setattr__(self, "mondeq_only", mondeq_only)
 
 
 def _is_number(v) -> bool:
@@ -117,6 +152,9 @@ UNIT_OPEN = number(0, 1, lo_open=True, hi_open=True)
 EPS = number(0, 1e3)
 BOUND_METHODS = ("theorem1", "theorem1_pooled", "sdp_diag", "sdp_pairwise", "unrolled_fb", "unrolled_pr", "naive",
                  "autolip", "seqlip_greedy", "lipsdp_neuron", "lipsdp_layer", "grad_norm")
+ANDERSON = Rule(lambda v: int(v) if _is_count(v, lo=0) and v != 1 else _fail("0 (off) or a history size >= 2"))
+DEVICE = Rule(lambda v: v if isinstance(v, str) and (v in ("auto", "cpu") or v.startswith("cuda"))
+              else _fail("auto, cpu or cuda[:N]"))
 # 16-mixed / bf16-mixed would run the equilibrium solve in half precision: refused, not silently degraded
 PRECISIONS = ("32-true", "32", 32)
 LIMIT = Rule(lambda v: _limit(v))
@@ -129,144 +167,141 @@ def _limit(v):
     raise Invalid("a fraction in (0, 1] or a whole number of batches >= 1")
 
 
-RULES: dict[str, Rule] = {
+KEYS: dict[str, Key] = {
     # config.yaml
-    "m": POSITIVE,
-    "seed": SEED,
-    "ckpt": text(null=True),
-    "margin_gamma": POSITIVE,
-    "profile": text(),
-    "optim.lr": POSITIVE,
-    "optim.schedule": choice("step", "onecycle", "none"),
-    "optim.step_size": POS_INT,
-    "optim.gamma": number(0, 1, lo_open=True),
-    "optim.epochs": POS_INT,
+    "m": Key(POSITIVE, EVERY, of_checkpoint=True, mondeq_only=True),
+    "seed": Key(SEED, EVERY),
+    "ckpt": Key(text(null=True), NOTHING),
+    "margin_gamma": Key(POSITIVE, {RUN}),
+    "profile": Key(text(), NOTHING),
+    "optim.lr": Key(POSITIVE, {RUN}),
+    "optim.schedule": Key(choice("step", "onecycle", "none"), {RUN}),
+    "optim.step_size": Key(POS_INT, {RUN}),
+    "optim.gamma": Key(number(0, 1, lo_open=True), {RUN}),
+    "optim.epochs": Key(POS_INT, {RUN}),
     # dataset
-    "dataset.name": choice("mnist", "mnist5k", "fashion_mnist", "cifar10", "synthetic"),
-    "dataset.root": text(null=True),
-    "dataset.system_dir": text(null=True),
-    "dataset.download": boolean(),
-    "dataset.in_shape": listed(POS_INT, length=3, what="a list (channels, height, width)"),
-    "dataset.num_classes": number(2, integer=True),
-    "dataset.mean": listed(number(), what="a list (one per channel)"),
-    "dataset.std": listed(POSITIVE, what="a list (one per channel)"),
-    "dataset.batch_size": POS_INT,
-    "dataset.test_batch_size": POS_INT,
-    "dataset.num_workers": NONNEG_INT,
-    "dataset.augment": boolean(),
-    "dataset.seed": SEED,
+    "dataset.name": Key(choice("mnist", "mnist5k", "fashion_mnist", "cifar10", "synthetic"), EVERY, of_checkpoint=True),
+    "dataset.root": Key(text(null=True), NOTHING),
+    "dataset.system_dir": Key(text(null=True), NOTHING),
+    "dataset.download": Key(boolean(), NOTHING),
+    "dataset.in_shape": Key(listed(POS_INT, length=3, what="a list (channels, height, width)"), EVERY, of_checkpoint=True),
+    "dataset.num_classes": Key(number(2, integer=True), EVERY, of_checkpoint=True),
+    "dataset.mean": Key(listed(number(), what="a list (one per channel)"), EVERY, of_checkpoint=True),
+    "dataset.std": Key(listed(POSITIVE, what="a list (one per channel)"), EVERY, of_checkpoint=True),
+    "dataset.batch_size": Key(POS_INT, {RUN}),
+    "dataset.test_batch_size": Key(POS_INT, NOTHING),
+    "dataset.num_workers": Key(NONNEG_INT, NOTHING),
+    "dataset.augment": Key(boolean(), {RUN}),
+    "dataset.seed": Key(SEED, EVERY, of_checkpoint=True),
     # synthetic images are made in memory: 10^6 of MNIST size are 0.8 GB
-    "dataset.n_train": number(1, 10 ** 6, integer=True),
-    "dataset.n_test": number(1, 10 ** 6, integer=True),
+    "dataset.n_train": Key(number(1, 10 ** 6, integer=True), EVERY, of_checkpoint=True),
+    "dataset.n_test": Key(number(1, 10 ** 6, integer=True), EVERY),
     # model (the fields per model name are build_model's to check)
-    "model.name": choice("mon_fc", "mon_conv", "mon_multiconv", "dnn", "cnn"),
-    "model.width": POS_INT,
-    "model.depth": number(1, integer=True, null=True),
-    "model.size": choice("sm", "med", "lg", null=True),
+    "model.name": Key(choice("mon_fc", "mon_conv", "mon_multiconv", "dnn", "cnn"), EVERY, of_checkpoint=True),
+    "model.width": Key(POS_INT, EVERY, of_checkpoint=True),
+    "model.depth": Key(number(1, integer=True, null=True), EVERY, of_checkpoint=True),
+    "model.size": Key(choice("sm", "med", "lg", null=True), EVERY, of_checkpoint=True),
     # mon_conv: one count; mon_multiconv: one per tier (build_model checks which)
-    "model.anderson": Rule(lambda v: int(v) if _is_count(v, lo=0) and v != 1
-                           else _fail("0 (off) or a history size >= 2")),
-    "model.channels": Rule(lambda v: v if (_is_count(v) or (isinstance(v, list) and v and all(map(_is_count, v))))
-                           else _fail("a whole number >= 1 or a non-empty list of them")),
+    "model.anderson": Key(ANDERSON, EVERY, of_checkpoint=True),
+    "model.channels": Key(Rule(lambda v: v if (_is_count(v) or (isinstance(v, list) and v and all(map(_is_count, v))))
+                           else _fail("a whole number >= 1 or a non-empty list of them")), EVERY, of_checkpoint=True),
     # splitting
-    "splitting.name": choice("pr", "fb"),
-    "splitting.alpha": POSITIVE,
-    "splitting.fwd_tol": POSITIVE,
-    "splitting.bwd_tol": POSITIVE,
-    "splitting.fwd_max_iter": POS_INT,
-    "splitting.bwd_max_iter": POS_INT,
-    "splitting.check_every": POS_INT,
-    "splitting.tune_alpha": boolean(),
-    "splitting.anderson": Rule(lambda v: int(v) if _is_count(v, lo=0) and v != 1
-                               else _fail("0 (off) or a history size >= 2")),
-    "splitting.on_nonconvergence": choice("warn", "error"),
+    "splitting.name": Key(choice("pr", "fb"), EVERY, mondeq_only=True),
+    "splitting.alpha": Key(POSITIVE, EVERY, mondeq_only=True),
+    "splitting.fwd_tol": Key(POSITIVE, EVERY, mondeq_only=True),
+    "splitting.bwd_tol": Key(POSITIVE, EVERY, mondeq_only=True),
+    "splitting.fwd_max_iter": Key(POS_INT, EVERY, mondeq_only=True),
+    "splitting.bwd_max_iter": Key(POS_INT, EVERY, mondeq_only=True),
+    "splitting.check_every": Key(POS_INT, EVERY, mondeq_only=True),
+    "splitting.tune_alpha": Key(boolean(), EVERY, mondeq_only=True),
+    "splitting.anderson": Key(ANDERSON, EVERY, mondeq_only=True),
+    "splitting.on_nonconvergence": Key(choice("warn", "error"), NOTHING),
     # protocol
-    "protocol.name": choice("standard", "margin"),
-    "protocol.n_train": number(1, integer=True, null=True),
-    "protocol.threshold": number(0, 1, null=True),  # 0: never reached (train the cap)
+    "protocol.name": Key(choice("standard", "margin"), {RUN}),
+    "protocol.n_train": Key(number(1, integer=True, null=True), {RUN}),
+    "protocol.threshold": Key(number(0, 1, null=True), {RUN}),  # 0: never reached (train the cap)
     # trainer (more keys are Lightning's)
-    "trainer.accelerator": choice("auto", "cpu", "gpu", "cuda", "mps"),
-    "trainer.devices": Rule(lambda v: v if (v == "auto" or _is_count(v) or (isinstance(v, list) and v and all(
-        _is_count(d, lo=0) for d in v))) else _fail("auto, a count >= 1 or a list of device ids")),
+    "trainer.accelerator": Key(choice("auto", "cpu", "gpu", "cuda", "mps"), NOTHING),
+    "trainer.devices": Key(Rule(lambda v: v if (v == "auto" or _is_count(v) or (isinstance(v, list) and v and all(
+        _is_count(d, lo=0) for d in v))) else _fail("auto, a count >= 1 or a list of device ids")), {RUN}),
     # ddp_spawn is not among them: its processes' test counts would not reach the process that writes metrics.json
-    "trainer.strategy": choice("auto", "ddp", "ddp_find_unused_parameters_true"),
-    "trainer.num_nodes": POS_INT,
-    "trainer.precision": choice(*PRECISIONS),
-    "trainer.max_epochs": POS_INT,
-    "trainer.deterministic": choice(True, False, "warn"),
-    "trainer.enable_progress_bar": boolean(),
-    "trainer.log_every_n_steps": POS_INT,
-    "trainer.limit_train_batches": LIMIT,
-    "trainer.limit_test_batches": LIMIT,
-    "trainer.limit_val_batches": LIMIT,
-    "trainer.num_sanity_val_steps": NONNEG_INT,
+    "trainer.strategy": Key(choice("auto", "ddp", "ddp_find_unused_parameters_true"), NOTHING),
+    "trainer.num_nodes": Key(POS_INT, {RUN}),
+    "trainer.precision": Key(choice(*PRECISIONS), {RUN}),
+    # a cap, recorded by the run as its `epochs`: a larger one continues the run in its dir
+    "trainer.max_epochs": Key(POS_INT, NOTHING),
+    "trainer.deterministic": Key(choice(True, False, "warn"), {RUN}),
+    "trainer.enable_progress_bar": Key(boolean(), NOTHING),
+    "trainer.log_every_n_steps": Key(POS_INT, NOTHING),
+    "trainer.limit_train_batches": Key(LIMIT, {RUN}),
+    "trainer.limit_test_batches": Key(LIMIT, {RUN}),
+    "trainer.limit_val_batches": Key(LIMIT, NOTHING),
+    "trainer.num_sanity_val_steps": Key(NONNEG_INT, NOTHING),
+    "trainer.check_val_every_n_epoch": Key(POS_INT, NOTHING),  # the test error watched while training (src/lit.py)
     # callbacks (Lightning checks their arguments)
-    "callbacks.*._target_": text(),
-    "callbacks.*.*": anything(),
+    "callbacks.*._target_": Key(text(), {RUN}),
+    "callbacks.*.*": Key(anything(), {RUN}),
     # logger
-    "logger._target_": text(),
-    "logger.name": text(),
-    "logger.project": text(),
-    "logger.entity": text(null=True),
-    "logger.mode": choice("online", "offline", "disabled", null=True),
+    "logger._target_": Key(text(), NOTHING),
+    "logger.name": Key(text(), NOTHING),
+    "logger.project": Key(text(), NOTHING),
+    "logger.entity": Key(text(null=True), NOTHING),
+    "logger.mode": Key(choice("online", "offline", "disabled", null=True), NOTHING),
     # bound.yaml
-    "bound.methods": listed(choice(*BOUND_METHODS), null=True, what="null (every method that applies) or a list"),
-    "bound.test_error": boolean(),
-    "bound.lower_points": POS_INT,
-    "bound.ascent_steps": NONNEG_INT,
-    "bound.unrolled_alphas": listed(POSITIVE, what="a list"),
-    "bound.unrolled_tol": POSITIVE,
-    "bound.unrolled_batch": POS_INT,
-    "bound.accept_poor_model": boolean(),
-    "generalization.enabled": boolean(),
-    "generalization.M": number(1, integer=True, null=True),
-    "generalization.gamma": POSITIVE,
-    "generalization.delta": UNIT_OPEN,
-    "generalization.c": POSITIVE,
-    "generalization.B": POSITIVE,
-    "generalization.B_from_data": boolean(),
-    "generalization.norms_from": choice("zero", "init"),
-    "generalization.h": number(1, integer=True, null=True),
-    "generalization.unrolled_alphas": listed(POSITIVE, null=True, what="null (skip unrolled FB) or a list"),
-    "generalization.unrolled_tol": POSITIVE,
-    "generalization.unrolled_batch": POS_INT,
+    "bound.methods": Key(listed(choice(*BOUND_METHODS), null=True, what="null (every method that applies) or a list"), NOTHING),
+    "bound.test_error": Key(boolean(), NOTHING),
+    "bound.lower_points": Key(POS_INT, {BOUNDS}),
+    "bound.ascent_steps": Key(NONNEG_INT, {BOUNDS}),
+    "bound.unrolled_alphas": Key(listed(POSITIVE, what="a list"), {BOUNDS}),
+    "bound.unrolled_tol": Key(POSITIVE, {BOUNDS}),
+    "bound.unrolled_batch": Key(POS_INT, {BOUNDS}),
+    "bound.accept_poor_model": Key(boolean(), NOTHING),
+    "generalization.enabled": Key(boolean(), NOTHING),
+    "generalization.M": Key(number(1, integer=True, null=True), {GENERALIZATION}),
+    "generalization.gamma": Key(POSITIVE, {GENERALIZATION}),
+    "generalization.delta": Key(UNIT_OPEN, {GENERALIZATION}),
+    "generalization.c": Key(POSITIVE, {GENERALIZATION}),
+    "generalization.B": Key(POSITIVE, {GENERALIZATION}),
+    "generalization.B_from_data": Key(boolean(), {GENERALIZATION}),
+    "generalization.norms_from": Key(choice("zero", "init"), {GENERALIZATION}),
+    "generalization.h": Key(number(1, integer=True, null=True), {GENERALIZATION}),
+    "generalization.unrolled_alphas": Key(listed(POSITIVE, null=True, what="null (skip unrolled FB) or a list"), {GENERALIZATION}),
+    "generalization.unrolled_tol": Key(POSITIVE, {GENERALIZATION}),
+    "generalization.unrolled_batch": Key(POS_INT, {GENERALIZATION}),
     # robustness.yaml
-    "robustness.methods": listed(choice("certified", "pgd"), what="a non-empty list"),
-    "robustness.n_test": number(1, integer=True, null=True),
-    "robustness.batch_size": POS_INT,
-    "robustness.device": Rule(lambda v: v if isinstance(v, str) and (v in ("auto", "cpu") or v.startswith("cuda"))
-                              else _fail("auto, cpu or cuda[:N]")),
-    "robustness.progress": boolean(),
-    "robustness.pgd.eps": listed(EPS, null=True, what="null (the dataset's grid) or a list of radii"),
-    "robustness.pgd.steps": POS_INT,
-    "robustness.pgd.rel_stepsize": POSITIVE,
-    "robustness.pgd.abs_stepsize": number(0, lo_open=True, null=True),
-    "robustness.pgd.random_start": boolean(),
-    "robustness.audit.steps": NONNEG_INT,
-    "robustness.audit.restarts": POS_INT,
-    "robustness.grids.*.*": listed(EPS, what="a list of radii"),
-    "certify.bound": listed(choice("auto", *BOUND_METHODS, "local"), what="auto, a bound method, local, or a list of them"),
-    "certify.local.method": choice("vertex", "monotone"),
+    "robustness.methods": Key(listed(choice("certified", "pgd"), what="a non-empty list"), NOTHING),
+    "robustness.n_test": Key(number(1, integer=True, null=True), {ROBUSTNESS}),
+    "robustness.batch_size": Key(POS_INT, NOTHING),
+    "robustness.device": Key(DEVICE, NOTHING),
+    "robustness.progress": Key(boolean(), NOTHING),
+    "robustness.pgd.eps": Key(listed(EPS, null=True, what="null (the dataset's grid) or a list of radii"), {ROBUSTNESS}),
+    "robustness.pgd.steps": Key(POS_INT, {ROBUSTNESS}),
+    "robustness.pgd.rel_stepsize": Key(POSITIVE, {ROBUSTNESS}),
+    "robustness.pgd.abs_stepsize": Key(number(0, lo_open=True, null=True), {ROBUSTNESS}),
+    "robustness.pgd.random_start": Key(boolean(), {ROBUSTNESS}),
+    "robustness.audit.steps": Key(NONNEG_INT, {ROBUSTNESS}),
+    "robustness.audit.restarts": Key(POS_INT, {ROBUSTNESS}),
+    "robustness.grids.*.*": Key(listed(EPS, what="a list of radii"), NOTHING),
+    "certify.bound": Key(listed(choice("auto", *BOUND_METHODS, "local"), what="auto, a bound method, local, or a list of them"), NOTHING),
+    "certify.local.method": Key(choice("vertex", "monotone"), {ROBUSTNESS}),
     # 2^n vertex solves per input: at 14 one input's batch of solves is ~120 MB
-    "certify.local.max_unstable": number(0, 14, integer=True),
-    "certify.local.refine": NONNEG_INT,
-    "certify.local.steps": POS_INT,
-    "certify.rule": listed(choice("paper", "tight"), what="a list"),
-    "certify.lipschitz": anything(),  # checked in _cross: a number > 0 or a classes x classes matrix
-    "certify.eps": listed(EPS, null=True, what="null (the dataset's grid) or a list of radii"),
+    "certify.local.max_unstable": Key(number(0, 14, integer=True), {ROBUSTNESS}),
+    "certify.local.refine": Key(NONNEG_INT, {ROBUSTNESS}),
+    "certify.local.steps": Key(POS_INT, {ROBUSTNESS}),
+    "certify.rule": Key(listed(choice("paper", "tight"), what="a list"), NOTHING),
+    "certify.lipschitz": Key(anything(), {ROBUSTNESS}),  # checked in _cross: a number > 0 or a classes x classes matrix
+    "certify.eps": Key(listed(EPS, null=True, what="null (the dataset's grid) or a list of radii"), NOTHING),
     # bench.yaml
-    "bench.batch": POS_INT,
-    "bench.reps": POS_INT,
-    "bench.warmup": NONNEG_INT,
-    "bench.device": Rule(lambda v: v if isinstance(v, str) and (v in ("auto", "cpu") or v.startswith("cuda"))
-                         else _fail("auto, cpu or cuda[:N]")),
-    "bench.threads": number(1, integer=True, null=True),
-    "bench.bounds": listed(choice(*BOUND_METHODS), min_len=0, what="a list"),
-    "bench.local": listed(choice("vertex", "monotone"), min_len=0, what="a list"),
-    "bench.local_eps": listed(EPS, what="a list of radii"),
-    "bench.anderson": listed(Rule(lambda v: int(v) if _is_count(v, lo=0) and v != 1
-                                  else _fail("0 (off) or a history size >= 2")), min_len=0, what="a list"),
-    "bench.images": POS_INT,
+    "bench.batch": Key(POS_INT, NOTHING),
+    "bench.reps": Key(POS_INT, NOTHING),
+    "bench.warmup": Key(NONNEG_INT, NOTHING),
+    "bench.device": Key(DEVICE, NOTHING),
+    "bench.threads": Key(number(1, integer=True, null=True), NOTHING),
+    "bench.bounds": Key(listed(choice(*BOUND_METHODS), min_len=0, what="a list"), NOTHING),
+    "bench.local": Key(listed(choice("vertex", "monotone"), min_len=0, what="a list"), NOTHING),
+    "bench.local_eps": Key(listed(EPS, what="a list of radii"), NOTHING),
+    "bench.anderson": Key(listed(ANDERSON, min_len=0, what="a list"), NOTHING),
+    "bench.images": Key(POS_INT, NOTHING),
 }
 
 
@@ -278,13 +313,58 @@ def _is_count(v, lo: int = 1) -> bool:
     return _is_number(v) and math.isfinite(v) and float(v).is_integer() and v >= lo
 
 
-def rule_of(key: str) -> Rule | None:
-    if key in RULES:
-        return RULES[key]
-    for pattern, rule in RULES.items():
+# Lightning's own keyword arguments beyond those declared above (`+trainer.KEY=VALUE`): Lightning checks
+# them, and they may change the training (gradient clipping, accumulation)
+LIGHTNING = Key(anything(), {RUN})
+# The config groups, chosen on the command line as `GROUP=OPTION`: the keys they set are declared above;
+# a group's own name says whether it names the run (experiment: the run dir's parent already does)
+GROUPS: dict[str, frozenset[str]] = {
+    "dataset": EVERY, "model": EVERY, "splitting": EVERY, "profile": frozenset({RUN}), "protocol": frozenset({RUN}),
+    "trainer": frozenset({RUN}), "callbacks": frozenset({RUN}), "logger": NOTHING, "experiment": NOTHING,
+}
+
+
+def declaration(key: str) -> Key | None:
+    """The declaration of a dotted config key, None for a key no app reads."""
+    if key in KEYS:
+        return KEYS[key]
+    for pattern, declared in KEYS.items():
         if "*" in pattern and fnmatchcase(key, pattern) and key.count(".") == pattern.count("."):
-            return rule
+            return declared
+    if key.startswith("trainer.") and key.count(".") == 1 and key[8:] in _trainer_arguments():
+        return LIGHTNING
     return None
+
+
+def names_the_run(override: str) -> bool:
+    """Whether a command-line override (`key=value`, `+key=value`, `group=option`) is in the run dir's
+    name: it is when it changes src.run's result, so that runs of other weights never share a dir, and
+    the apps that read a run's checkpoint (src.bound, src.robustness) find it under the same overrides.
+    A key no app reads is in the name (the schema refuses it before any run dir is made)."""
+    key = override.split("=", 1)[0].lstrip("+~")
+    if key in GROUPS:
+        return RUN in GROUPS[key]
+    declared = declaration(key)
+    return declared is None or RUN in declared.changes
+
+
+def values(plain, result: str, *, mondeq: bool = True, prefix: str = "", of_checkpoint: bool = False) -> dict:
+    """The leaves of the plain (resolved) config `plain` whose keys change `result`, nested as in the config:
+    what a result of that kind records as its settings and is compared with before it is reused.
+    `prefix`: the dotted key of `plain` when it is one section; `mondeq`: whether the model is a monDEQ;
+    `of_checkpoint`: only the keys that say what a checkpoint is of."""
+    out = {}
+    for key, value in plain.items():
+        path = f"{prefix}{key}"
+        declared = declaration(path)
+        if declared is None and isinstance(value, dict) and value and path != "certify.lipschitz":
+            inner = values(value, result, mondeq=mondeq, prefix=path + ".", of_checkpoint=of_checkpoint)
+            if inner:
+                out[key] = inner
+        elif (declared is not None and result in declared.changes and (mondeq or not declared.mondeq_only)
+              and (declared.of_checkpoint or not of_checkpoint)):
+            out[key] = value
+    return out
 
 
 def _leaves(node: DictConfig, prefix: str = ""):
@@ -369,11 +449,10 @@ def check(cfg: DictConfig) -> None:
     except InterpolationResolutionError as err:
         raise ConfigError(f"{err.full_key}: {str(err.msg).splitlines()[0]}") from None
     for key, value in leaves:
-        rule = rule_of(key)
-        if rule is None:
-            if key.startswith("trainer.") and key.count(".") == 1 and key[8:] in _trainer_arguments():
-                continue  # Lightning's own keyword arguments, checked by Lightning
+        declared = declaration(key)
+        if declared is None:
             raise ConfigError(f"{key}: unknown key (no app reads it)")
+        rule = declared.rule
         plain = OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
         try:
             checked = rule.cast(plain)

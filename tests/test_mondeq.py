@@ -199,7 +199,7 @@ def test_solves_are_counted_and_nonconvergence_can_be_an_error():
 
 @pytest.mark.parametrize("direction", ["forward", "backward"])
 def test_a_nonconvergence_error_names_config_keys_that_exist(direction):
-    from src.schema import RULES
+    from src.schema import KEYS
 
     torch.manual_seed(0)
     never = {"fwd_tol": 1e-14, "fwd_max_iter": 2} if direction == "forward" else {"bwd_tol": 1e-14, "bwd_max_iter": 2}
@@ -207,7 +207,7 @@ def test_a_nonconvergence_error_names_config_keys_that_exist(direction):
     with pytest.raises(SolverError, match=f"{direction} solve did not converge") as err:
         net(torch.randn(3, 1, 4, 4, requires_grad=True)).sum().backward()
     keys = re.findall(r"splitting\.\w+", str(err.value))
-    assert f"splitting.{direction[0]}wd_max_iter" in keys and all(k in RULES for k in keys), keys
+    assert f"splitting.{direction[0]}wd_max_iter" in keys and all(k in KEYS for k in keys), keys
 
 
 def test_nan_input_raises_naming_model_and_m():

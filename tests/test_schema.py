@@ -22,10 +22,11 @@ COMPOSITIONS = ([(app, f"{g}={o}") for app in APPS for g in GROUPS for o in _opt
 
 
 @pytest.mark.parametrize("app,override", COMPOSITIONS)
-def test_every_composed_config_passes_and_every_key_has_a_rule(compose, app, override):
+def test_every_composed_config_passes_and_every_key_is_declared(compose, app, override):
     cfg = compose([override], config_name=app)
     keys = [key for key, _ in schema._leaves(cfg)]
-    assert keys and all(schema.rule_of(k) is not None for k in keys), [k for k in keys if not schema.rule_of(k)]
+    assert keys and all(schema.declaration(k) is not None for k in keys), [
+        k for k in keys if not schema.declaration(k)]
     validate(cfg)
 
 
@@ -122,10 +123,47 @@ def test_trainer_presets(compose, preset, accelerator, devices):
         accelerator, devices, cfg.optim.epochs)
 
 
-def test_the_device_count_names_the_run_dir(compose):
-    # it changes the examples per optimizer step, so two counts must not share a checkpoint
-    excluded = compose([], hydra=True).hydra.job.config.override_dirname.exclude_keys
-    assert "trainer.devices" not in excluded and "trainer.accelerator" in excluded
+def test_every_config_group_is_declared():
+    groups = {d for d in os.listdir(CONF_DIR) if os.path.isdir(os.path.join(CONF_DIR, d))}
+    assert groups == set(schema.GROUPS)
+
+
+def test_a_key_must_say_what_it_changes():
+    with pytest.raises(TypeError):
+        schema.Key(schema.POSITIVE)  # no declaration of what it changes: refused
+    with pytest.raises(ValueError, match="allowed"):
+        schema.Key(schema.POSITIVE, {"weights"})
+
+
+@pytest.mark.parametrize("overrides,name", [
+    # the device count changes the examples per optimizer step: two counts never share a checkpoint
+    (["trainer.devices=2", "trainer.accelerator=cpu"], "trainer.devices=2"),
+    (["m=5", "+experiment=fig1b", "dataset=mnist5k", "logger=csv"], "dataset=mnist5k,m=5"),
+    # post-training settings: the apps reading the checkpoint find it under the same command
+    (["robustness.n_test=10", "certify.local.refine=2", "certify.eps=[0.1]"], "defaults"),
+    # a cap a larger one continues, where the files are, how fast: the same run
+    (["trainer.max_epochs=3", "dataset.root=/tmp", "dataset.test_batch_size=7"], "defaults"),
+    (["seed=3", "optim.lr=0.1", "+trainer.gradient_clip_val=1.0"], "+trainer.gradient_clip_val=1.0,optim.lr=0.1,seed=3"),
+])
+def test_the_run_dir_is_named_by_what_changes_the_trained_model(compose, overrides, name):
+    cfg = compose(overrides, config_name="robustness", hydra=True)
+    assert cfg.hydra.run.dir.split("/")[-1] == name
+
+
+def test_the_settings_of_a_result_are_the_keys_that_change_it(compose):
+    from src import provenance
+    from src.schema import ROBUSTNESS
+
+    cfg = compose(["robustness.n_test=10", "model=dnn"], config_name="robustness")
+    curves, bounds = provenance.settings(cfg, ROBUSTNESS), provenance.bound_settings(cfg, "lipsdp_neuron")
+    assert curves["robustness"]["n_test"] == 10 and "audit" in curves["robustness"] and "batch_size" not in curves[
+        "robustness"]
+    assert "m" not in curves and "splitting" not in curves  # nothing to a feed-forward network
+    assert "robustness" not in bounds and "generalization" not in bounds and bounds["bound"]["lower_points"]
+    assert "generalization" in provenance.bound_settings(cfg, "generalization")
+    assert curves["dataset"].keys() == bounds["dataset"].keys() and "root" not in curves["dataset"]
+    mondeq = provenance.settings(compose(["model=mon_fc"], config_name="robustness"), ROBUSTNESS)
+    assert mondeq["m"] == 1.0 and "on_nonconvergence" not in mondeq["splitting"] and "alpha" in mondeq["splitting"]
 
 
 def test_a_recorded_class_pair_matrix_may_hold_failed_pairs_and_nothing_else_wrong():
