@@ -70,7 +70,7 @@ def time_bounds(model: torch.nn.Module, cfg, in_shape) -> dict:
     """
     from omegaconf import OmegaConf
 
-    from .bounds.registry import compute_bounds
+    from .bounds.compute import compute_bounds
 
     g = torch.Generator().manual_seed(int(cfg.seed))
     mean = torch.tensor(list(cfg.dataset.mean)).view(-1, 1, 1)

@@ -24,7 +24,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from . import files, loggers, provenance, summary
 from .bounds import generalization as gen
-from .bounds.registry import METHODS, compute_bounds, jsonable, select_methods
+from .bounds.compute import compute_bounds, jsonable
+from .bounds.registry import METHODS, select_methods
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +103,7 @@ def bound(cfg: DictConfig, run_dir: Path, m_given: bool = True) -> dict:
     keep_config(cfg, run_dir)
     model = loaded.model
     try:
-        names = select_methods(model, cfg.bound.methods)
+        names = select_methods(cfg.model.name, cfg.bound.methods)
     except ValueError as err:
         raise ConfigError(str(err)) from None
     needs_data = [n for n in names if METHODS[n].needs_data]

@@ -264,10 +264,10 @@ def setting_that_fits(cfg, err: CheckpointShapeError) -> str:
     """
     from omegaconf import OmegaConf
 
-    from .models import MODEL_FIELDS, build_model
+    from .models import MODELS, build_model
 
     model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
-    settings = {f"model.{k}": model_cfg.get(k) for k in sorted(MODEL_FIELDS[cfg.model.name] - {"anderson"})}
+    settings = {f"model.{k}": model_cfg.get(k) for k in sorted(MODELS[cfg.model.name].fields - {"anderson"})}
     settings["dataset.num_classes"] = int(cfg.dataset.num_classes)
     changes = [(b, s) for b, s in zip(err.built, err.saved) if b != s]
     for key, now in settings.items():

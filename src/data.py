@@ -94,9 +94,9 @@ def make_loaders(cfg: Mapping) -> Loaders:
 def load_splits(cfg: Mapping) -> tuple[Split, Split]:
     """(train, test) uint8 images and labels of the dataset config `cfg`, checked against it."""
     name = cfg["name"]
-    if name not in _SOURCES:
-        raise ConfigError(f"dataset.name={name!r}: allowed: one of {', '.join(sorted(_SOURCES))}")
-    train, test = _SOURCES[name](cfg)
+    if name not in DATASETS:
+        raise ConfigError(f"dataset.name={name!r}: allowed: one of {', '.join(sorted(DATASETS))}")
+    train, test = DATASETS[name](cfg)
     expected = tuple(int(s) for s in cfg["in_shape"])
     classes = int(cfg["num_classes"])
     for what, split in (("training", train), ("test", test)):
@@ -267,7 +267,7 @@ def _synthetic(cfg: Mapping) -> tuple[Split, Split]:
     return Split(images[:n_train], labels[:n_train]), Split(images[n_train:], labels[n_train:])
 
 
-_SOURCES = {"mnist": _mnist, "fashion_mnist": _fashion_mnist, "cifar10": _cifar10,
+DATASETS = {"mnist": _mnist, "fashion_mnist": _fashion_mnist, "cifar10": _cifar10,
             "mnist5k": _mnist5k, "synthetic": _synthetic}
 
 

@@ -1,7 +1,12 @@
-"""One way to build every network of the project from plain config values."""
+"""Every network of the project, declared once (MODELS), and one way to build it from plain config values.
+
+A new model is a network class, one line in MODELS (its config fields, whether it is a monDEQ, the
+bound the paper certifies it with) and its conf/model/<name>.yaml; the schema reads the names from here.
+"""
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 from torch import nn
 
@@ -9,15 +14,30 @@ from .baselines import CNN, DNN
 from .mondeq.networks import MonConvNet, MonFCNet, MonMultiConvNet
 from .mondeq.splitting import SolverConfig
 
-MONDEQ_MODELS = {"mon_fc": MonFCNet, "mon_conv": MonConvNet, "mon_multiconv": MonMultiConvNet}
-MODEL_FIELDS = {
+@dataclass(frozen=True)
+class ModelKind:
+    network: type
+    fields: frozenset[str]     # its keys under model. (besides name)
+    mondeq: bool               # takes m and the splitting settings
+    certify_with: str          # certify.bound=auto: the paper's bound for this family (src/bounds/registry.py)
+    local_global: str | None = None  # certify.bound=local: the global constants beside the local radii
+
+
+MODELS: dict[str, ModelKind] = {
     # anderson: the family's default splitting.anderson (conf/model/), which reaches the solver there
-    "mon_fc": {"width", "anderson"},
-    "mon_conv": {"channels", "anderson"},
-    "mon_multiconv": {"channels", "anderson"},
-    "dnn": {"depth", "width"},
-    "cnn": {"depth", "size"},
+    "mon_fc": ModelKind(MonFCNet, frozenset({"width", "anderson"}), True, "theorem1", "sdp_pairwise"),
+    "mon_conv": ModelKind(MonConvNet, frozenset({"channels", "anderson"}), True, "theorem1", "theorem1_pooled"),
+    "mon_multiconv": ModelKind(MonMultiConvNet, frozenset({"channels", "anderson"}), True, "theorem1",
+                               "theorem1_pooled"),
+    "dnn": ModelKind(DNN, frozenset({"depth", "width"}), False, "lipsdp_neuron"),
+    "cnn": ModelKind(CNN, frozenset({"depth", "size"}), False, "seqlip_greedy"),
 }
+MONDEQ_MODELS = frozenset(name for name, kind in MODELS.items() if kind.mondeq)
+
+
+def name_of(model: nn.Module) -> str:
+    """The MODELS name of a network built by build_model."""
+    return next(name for name, kind in MODELS.items() if type(model) is kind.network)
 
 
 def _positive_int(name: str, key: str, value) -> int:
@@ -34,12 +54,12 @@ def build_model(model_cfg: Mapping, m: float | None, splitting_cfg: Mapping | No
     splitting settings; the baselines ignore both.
     """
     name = model_cfg.get("name")
-    if name not in MODEL_FIELDS:
-        raise ValueError(f"unknown model {name!r}; choose one of {sorted(MODEL_FIELDS)}")
+    if name not in MODELS:
+        raise ValueError(f"unknown model {name!r}; choose one of {sorted(MODELS)}")
     params = {k: v for k, v in model_cfg.items() if k != "name"}
-    unknown = set(params) - MODEL_FIELDS[name]
+    unknown = set(params) - MODELS[name].fields
     if unknown:
-        raise ValueError(f"model {name}: unknown keys {sorted(unknown)}; known: {sorted(MODEL_FIELDS[name])}")
+        raise ValueError(f"model {name}: unknown keys {sorted(unknown)}; known: {sorted(MODELS[name].fields)}")
     in_shape = tuple(int(s) for s in in_shape)
     if name == "dnn":
         return DNN(in_shape, num_classes, _positive_int(name, "depth", params["depth"]),
@@ -55,4 +75,4 @@ def build_model(model_cfg: Mapping, m: float | None, splitting_cfg: Mapping | No
         size = _positive_int(name, "channels", params["channels"])
     else:
         size = [_positive_int(name, "channels", c) for c in params["channels"]]
-    return MONDEQ_MODELS[name](in_shape, num_classes, size, float(m), solver)
+    return MODELS[name].network(in_shape, num_classes, size, float(m), solver)

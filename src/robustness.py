@@ -43,13 +43,9 @@ from . import attack, audit, certify, exact_model, files, loggers, provenance, s
 from .errors import SolverError, UnsoundCertificateError
 from .schema import ROBUSTNESS, is_lipschitz_value
 from .evaluation import convergence, logits_of, pick_device, reset_convergence, warn_unconverged
+from .models import MODELS
 
 log = logging.getLogger(__name__)
-
-AUTO_BOUND = {"mon_fc": "theorem1", "mon_conv": "theorem1", "mon_multiconv": "theorem1",
-              "dnn": "lipsdp_neuron", "cnn": "seqlip_greedy"}  # the paper's choice per family
-# certify.bound=local takes the smaller of each margin's local constant and this global one
-LOCAL_GLOBAL = {"mon_fc": "sdp_pairwise", "mon_conv": "theorem1_pooled", "mon_multiconv": "theorem1_pooled"}
 
 
 def default_grid(cfg: DictConfig, which: str) -> list[float]:
@@ -64,7 +60,7 @@ def default_grid(cfg: DictConfig, which: str) -> list[float]:
 
 
 def bounds_to_use(cfg: DictConfig) -> list[str]:
-    return [AUTO_BOUND[cfg.model.name] if b == "auto" else str(b) for b in cfg.certify.bound]
+    return [MODELS[cfg.model.name].certify_with if b == "auto" else str(b) for b in cfg.certify.bound]
 
 
 def bounds_record(run_dir: Path, origin: dict, bound: str) -> dict | None:
@@ -95,7 +91,7 @@ def lipschitz_constant(cfg: DictConfig, model, bound: str, sha256: str, run_dir:
         return value, "bounds.json"
     if value is not None:
         log.info(f"{run_dir / 'bounds.json'}: its {bound} ({value!r}) is no Lipschitz constant: not reused")
-    from .bounds.registry import compute_bounds
+    from .bounds.compute import compute_bounds
 
     log.info(f"{bound}: computing it")
     record = compute_bounds(model, _bound_cfg(cfg, bound), test_x, None)
@@ -163,8 +159,8 @@ def evaluate(cfg: DictConfig, model, sha256: str, run_dir: Path, images: torch.T
         for bound in ([] if given is not None else bounds_to_use(cfg)):
             if bound == "local":
                 local.check_applies(model)
-                value, source = constant(LOCAL_GLOBAL[cfg.model.name])
-                source = f"{LOCAL_GLOBAL[cfg.model.name]} ({source})"
+                value, source = constant(MODELS[cfg.model.name].local_global)
+                source = f"{MODELS[cfg.model.name].local_global} ({source})"
             else:
                 value, source = constant(bound)
             sources.append((bound, value, source))

@@ -23,7 +23,12 @@ from fnmatch import fnmatchcase
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 from omegaconf.errors import InterpolationResolutionError
 
+from .bounds.registry import LOCAL_METHODS, METHODS as BOUND_METHODS, select_methods
+from .certify import RULES as CERTIFY_RULES
+from .data import DATASETS
 from .errors import ConfigError
+from .models import MODELS
+from .mondeq.splitting import SPLITTING_METHODS
 
 
 class Invalid(ValueError):
@@ -150,8 +155,6 @@ UNIT_OPEN = number(0, 1, lo_open=True, hi_open=True)
 # radii: >= 0, and far below any overflow of eps / std (an l2 radius past the image box's diameter,
 # 28 for MNIST and 55 for CIFAR-10 pixels, covers every image there is)
 EPS = number(0, 1e3)
-BOUND_METHODS = ("theorem1", "theorem1_pooled", "sdp_diag", "sdp_pairwise", "unrolled_fb", "unrolled_pr", "naive",
-                 "autolip", "seqlip_greedy", "lipsdp_neuron", "lipsdp_layer", "grad_norm")
 ANDERSON = Rule(lambda v: int(v) if _is_count(v, lo=0) and v != 1 else _fail("0 (off) or a history size >= 2"))
 DEVICE = Rule(lambda v: v if isinstance(v, str) and (v in ("auto", "cpu") or v.startswith("cuda"))
               else _fail("auto, cpu or cuda[:N]"))
@@ -180,7 +183,7 @@ KEYS: dict[str, Key] = {
     "optim.gamma": Key(number(0, 1, lo_open=True), {RUN}),
     "optim.epochs": Key(POS_INT, {RUN}),
     # dataset
-    "dataset.name": Key(choice("mnist", "mnist5k", "fashion_mnist", "cifar10", "synthetic"), EVERY, of_checkpoint=True),
+    "dataset.name": Key(choice(*DATASETS), EVERY, of_checkpoint=True),
     "dataset.root": Key(text(null=True), NOTHING),
     "dataset.system_dir": Key(text(null=True), NOTHING),
     "dataset.download": Key(boolean(), NOTHING),
@@ -197,7 +200,7 @@ KEYS: dict[str, Key] = {
     "dataset.n_train": Key(number(1, 10 ** 6, integer=True), EVERY, of_checkpoint=True),
     "dataset.n_test": Key(number(1, 10 ** 6, integer=True), EVERY),
     # model (the fields per model name are build_model's to check)
-    "model.name": Key(choice("mon_fc", "mon_conv", "mon_multiconv", "dnn", "cnn"), EVERY, of_checkpoint=True),
+    "model.name": Key(choice(*MODELS), EVERY, of_checkpoint=True),
     "model.width": Key(POS_INT, EVERY, of_checkpoint=True),
     "model.depth": Key(number(1, integer=True, null=True), EVERY, of_checkpoint=True),
     "model.size": Key(choice("sm", "med", "lg", null=True), EVERY, of_checkpoint=True),
@@ -206,7 +209,7 @@ KEYS: dict[str, Key] = {
     "model.channels": Key(Rule(lambda v: v if (_is_count(v) or (isinstance(v, list) and v and all(map(_is_count, v))))
                            else _fail("a whole number >= 1 or a non-empty list of them")), EVERY, of_checkpoint=True),
     # splitting
-    "splitting.name": Key(choice("pr", "fb"), EVERY, mondeq_only=True),
+    "splitting.name": Key(choice(*SPLITTING_METHODS), EVERY, mondeq_only=True),
     "splitting.alpha": Key(POSITIVE, EVERY, mondeq_only=True),
     "splitting.fwd_tol": Key(POSITIVE, EVERY, mondeq_only=True),
     "splitting.bwd_tol": Key(POSITIVE, EVERY, mondeq_only=True),
@@ -283,12 +286,12 @@ KEYS: dict[str, Key] = {
     "robustness.audit.restarts": Key(POS_INT, {ROBUSTNESS}),
     "robustness.grids.*.*": Key(listed(EPS, what="a list of radii"), NOTHING),
     "certify.bound": Key(listed(choice("auto", *BOUND_METHODS, "local"), what="auto, a bound method, local, or a list of them"), NOTHING),
-    "certify.local.method": Key(choice("vertex", "monotone"), {ROBUSTNESS}),
+    "certify.local.method": Key(choice(*LOCAL_METHODS), {ROBUSTNESS}),
     # 2^n vertex solves per input: at 14 one input's batch of solves is ~120 MB
     "certify.local.max_unstable": Key(number(0, 14, integer=True), {ROBUSTNESS}),
     "certify.local.refine": Key(NONNEG_INT, {ROBUSTNESS}),
     "certify.local.steps": Key(POS_INT, {ROBUSTNESS}),
-    "certify.rule": Key(listed(choice("paper", "tight"), what="a list"), NOTHING),
+    "certify.rule": Key(listed(choice(*CERTIFY_RULES), what="a list"), NOTHING),
     "certify.lipschitz": Key(anything(), {ROBUSTNESS}),  # checked in _cross: a number > 0 or a classes x classes matrix
     "certify.eps": Key(listed(EPS, null=True, what="null (the dataset's grid) or a list of radii"), NOTHING),
     # bench.yaml
@@ -298,7 +301,7 @@ KEYS: dict[str, Key] = {
     "bench.device": Key(DEVICE, NOTHING),
     "bench.threads": Key(number(1, integer=True, null=True), NOTHING),
     "bench.bounds": Key(listed(choice(*BOUND_METHODS), min_len=0, what="a list"), NOTHING),
-    "bench.local": Key(listed(choice("vertex", "monotone"), min_len=0, what="a list"), NOTHING),
+    "bench.local": Key(listed(choice(*LOCAL_METHODS), min_len=0, what="a list"), NOTHING),
     "bench.local_eps": Key(listed(EPS, what="a list of radii"), NOTHING),
     "bench.anderson": Key(listed(ANDERSON, min_len=0, what="a list"), NOTHING),
     "bench.images": Key(POS_INT, NOTHING),
@@ -406,6 +409,15 @@ def _cross(cfg: DictConfig) -> None:
     protocol = cfg.get("protocol")
     if protocol is not None and protocol.get("name") == "margin" and protocol.get("threshold") is None:
         raise ConfigError("protocol=margin needs protocol.threshold (the margin error to reach, in [0, 1])")
+    model = cfg.get("model")
+    for key, requested in (("bound.methods", OmegaConf.select(cfg, "bound.methods")),
+                           ("certify.bound", OmegaConf.select(cfg, "certify.bound"))):
+        named = [m for m in requested or () if m in BOUND_METHODS]  # certify.bound: auto and local are no bound
+        if model is not None and named:
+            try:
+                select_methods(model.name, named)
+            except ValueError as err:
+                raise ConfigError(str(err).replace("bound.methods", key)) from None
     lipschitz = cfg.get("certify", {}).get("lipschitz") if "certify" in cfg else None
     if lipschitz is not None:
         _check_given_lipschitz(OmegaConf.to_container(lipschitz) if OmegaConf.is_config(lipschitz) else lipschitz,

@@ -1,10 +1,13 @@
 """The bound app: every method that applies, on every family, ends above the lower bound."""
 import json
+import re
 
 import pytest
 import torch
 
-from src.bounds.registry import METHODS, compute_bounds, select_methods
+from src.bounds import compute
+from src.bounds.compute import compute_bounds
+from src.bounds.registry import METHODS, select_methods
 from src.models import build_model
 
 # (model, input shape, sampled points): conv monDEQs get few points, each costs ten implicit solves
@@ -30,7 +33,7 @@ def test_every_upper_bound_is_above_the_lower_bound(family, compose):
     y = torch.randint(0, 10, (32,))
     record = compute_bounds(model, cfg, x, y)
     assert set(record["upper"]) | set(record["failed"]) == {n for n in METHODS if METHODS[n].kind == "upper"
-                                                           and METHODS[n].applies(model)}
+                                                           and METHODS[n].applies(model_cfg["name"])}
     assert not record["failed"], record["failed"]
     low = record["lower"]["grad_norm"]
     assert low > 0
@@ -45,11 +48,26 @@ def test_every_upper_bound_is_above_the_lower_bound(family, compose):
 
 
 def test_unknown_or_inapplicable_methods_are_rejected():
-    dnn = build_model({"name": "dnn", "depth": 2, "width": 4}, None, None, (1, 4, 4), 10)
     with pytest.raises(ValueError, match="unknown bound.methods.*'nope'"):
-        select_methods(dnn, ["nope"])
-    with pytest.raises(ValueError, match="sdp_diag.*do not apply"):
-        select_methods(dnn, ["sdp_diag"])
+        select_methods("dnn", ["nope"])
+    with pytest.raises(ValueError, match="sdp_diag.*do not apply to model dnn; those that do: .*'lipsdp_neuron'"):
+        select_methods("dnn", ["sdp_diag"])
+
+
+@pytest.mark.parametrize("overrides,needle", [
+    (["model=dnn", "bound.methods=[autolip,sdp_diag]"], "bound.methods ['sdp_diag'] do not apply to model dnn"),
+    (["model=mon_conv", "certify.bound=[auto,sdp_pairwise]"], "certify.bound ['sdp_pairwise'] do not apply"),
+])
+def test_a_bound_that_does_not_apply_to_the_model_is_refused_before_any_work(compose, overrides, needle):
+    from src.cli import validate
+    from src.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=re.escape(needle)):
+        validate(compose(overrides, config_name="robustness"))
+
+
+def test_every_declared_method_has_its_function():
+    assert all(callable(getattr(compute, name, None)) for name in METHODS)
 
 
 @pytest.mark.slow

@@ -299,7 +299,7 @@ def test_unrolled_grid_marks_divergence_and_takes_the_minimum():
 
 def test_a_non_finite_bound_is_a_failure_never_a_number(compose):
     """An Inf weight makes theorem1 NaN or Inf: bounds.json lists it under `failed`, not under `upper`."""
-    from src.bounds.registry import compute_bounds
+    from src.bounds.compute import compute_bounds
     from src.models import build_model
 
     cfg = compose(["model=mon_fc", "model.width=6", "dataset=synthetic", "bound.methods=[theorem1]"],

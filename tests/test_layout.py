@@ -51,4 +51,4 @@ def test_solver_and_bound_packages_import_no_app_framework(path):
 
 def test_the_checker_sees_relative_imports():
     names = imports_of(SRC / "bound.py")
-    assert "src.bounds.registry" in names and "src.cli" in names
+    assert "src.bounds.registry" in names and "src.bounds.compute" in names and "src.cli" in names

@@ -250,8 +250,9 @@ def test_cumulative_pgd_never_rises():
 # --------------------------------------------------------------------------- the app
 
 def test_robustness_keys_stay_out_of_the_run_dir_name(compose):
-    excluded = set(compose([], hydra=True, config_name="robustness").hydra.job.config.override_dirname.exclude_keys)
-    assert {"robustness.n_test", "robustness.methods", "certify.bound", "certify.rule", "certify.eps"} <= excluded
+    keys = ["robustness.n_test=5", "robustness.methods=pgd", "certify.bound=sdp_diag", "certify.rule=tight",
+            "certify.eps=[0.1]"]
+    assert compose(keys, hydra=True, config_name="robustness").hydra.run.dir.endswith("/defaults")
     cfg = compose(["dataset=cifar10"], config_name="robustness")
     from src.robustness import default_grid
 
@@ -300,7 +301,7 @@ def test_app_end_to_end_on_a_trained_checkpoint(run_app, tmp_path, tiny):
     assert again["certified"]["source"] == "bounds.json"
     assert again["certified"]["lipschitz"] == bounds["upper"]["theorem1"]
     assert again["pgd"] == pgd and "sdp_diag/tight" in again["certified_curves"]  # kept from the first run
-    assert again["certified"]["provenance"]["settings"]["n_test"] == 32
+    assert again["certified"]["provenance"]["settings"]["robustness"]["n_test"] == 32
     assert again["certified"]["audit"]["counterexamples"] == 0 and again["certified"]["audit"]["points"] > 0
     # an entry of other settings (m) is not reused: computed again, with a line saying why
     bounds["provenance"]["theorem1"]["settings"]["m"] = 2.0

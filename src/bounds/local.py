@@ -56,7 +56,6 @@ from ..certify import ROUNDING, Gaps, clears, gaps_of, radius
 from ..errors import ConfigError
 from ..mondeq.networks import readout_rows
 
-BALL_METHODS = ("vertex", "monotone")
 # Dense (h x h) per-point solves: beyond this state size the method is refused (a
 # width-40 FC net has 40; the paper's conv nets 16 * 30 * 30 and more).
 MAX_STATE = 1024
