@@ -140,9 +140,10 @@ def time_local(model: torch.nn.Module, cfg, in_shape) -> dict:
     neurons (among the inputs whose stable set was found) and the share of inputs over
     max_unstable at each pixel radius of `bench.local_eps`.
     """
-    from .bounds import local
-    from .bounds.mondeq import sdp_pairwise, theorem1_pooled
-    from .certify import normalised_radius
+    from .certify import local
+    from .bounds.diag_sdp import sdp_pairwise
+    from .bounds.theorem1 import theorem1_pooled
+    from .certify.rules import normalised_radius
     from .data import load_splits
     from .mondeq.fc import FullyConnectedOperator
 

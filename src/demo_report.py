@@ -15,7 +15,7 @@ from .files import read_json
 
 
 def report(run_dirs: list[Path]) -> str:
-    from .bounds.mondeq import theorem1
+    from .bounds.theorem1 import theorem1
     from .checkpoints import model_from_checkpoint
 
     rows = []

@@ -19,7 +19,7 @@ from lightning.pytorch.callbacks.early_stopping import EarlyStoppingReason
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from . import files
-from .certify import margins
+from .certify.rules import margins
 from .models import build_model
 from .mondeq.splitting import ConvergenceTally
 

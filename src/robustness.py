@@ -13,10 +13,10 @@ Reads the run dir's model.ckpt (or ckpt=PATH) and writes <run dir>/robustness.js
   dir's bounds.json (`upper[bound]`, when that file is of this checkpoint) or
   computed here with src.bound's method, or given as certify.lipschitz.
 - `pgd` {eps, accuracy, ...}: foolbox's l2 PGD (src/attack.py).
-- `certified_model`: what the certificates are of (the exact model, src/exact_model.py), the
+- `certified_model`: what the certificates are of (the exact model, src/certify/exact_model.py), the
   largest proved distance of a solve from the exact equilibrium, the rounding allowance, and
   `disagreements`: test points where the float32 network as evaluated predicts another class.
-- each certified curve's `audit` (src/audit.py): l2 PGD inside every certified point's own ball on
+- each certified curve's `audit` (src/certify/audit.py): l2 PGD inside every certified point's own ball on
   the exact model; `counterexamples` is 0 for a sound certificate, and any other count ends the
   app with an error once the file is written.
 - `clean_accuracy`, `n_test`, `dataset`, `profile`, `model`, `m`, `ckpt`,
@@ -24,7 +24,7 @@ Reads the run dir's model.ckpt (or ckpt=PATH) and writes <run dir>/robustness.js
   radius, how many points certified at that radius foolbox's PGD (on the float32 network) still
   fooled.
 
-Radii are l2 norms in [0, 1] pixel units (src/certify.py explains how the
+Radii are l2 norms in [0, 1] pixel units (src/certify/rules.py explains how the
 certificate converts them).  A robustness.json of the same checkpoint, test points and settings
 is updated, not replaced: curves not recomputed (another certify.bound, or `pgd` under
 robustness.methods=[certified]) are kept; curves of other settings are dropped with a line
@@ -39,7 +39,8 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from . import attack, audit, certify, exact_model, files, loggers, provenance, summary
+from . import attack, files, loggers, provenance, summary
+from .certify import audit, exact_model, rules as certify
 from .errors import SolverError, UnsoundCertificateError
 from .schema import ROBUSTNESS, is_lipschitz_value
 from .evaluation import convergence, logits_of, pick_device, reset_convergence, warn_unconverged
@@ -135,7 +136,7 @@ def _merge(previous: dict | None, record: dict, origin: dict) -> dict:
 def evaluate(cfg: DictConfig, model, sha256: str, run_dir: Path, images: torch.Tensor, labels: torch.Tensor,
              check_model=None) -> dict:
     """The robustness.json record of `model` on pixel images (N, C, H, W) in [0, 1]."""
-    from .bounds import local
+    from .certify import local
 
     r = cfg.robustness
     methods = list(r.methods)
@@ -176,7 +177,7 @@ def evaluate(cfg: DictConfig, model, sha256: str, run_dir: Path, images: torch.T
     record: dict = {"clean_accuracy": clean,
                     "n_test": len(labels), "seconds": {},
                     "eps_units": "l2 norm in [0, 1] pixel units; certificates use eps / min(std) "
-                                 "in normalised units (src/certify.py)"}
+                                 "in normalised units (src/certify/rules.py)"}
     curves: dict[str, dict] = {}
     if "certified" in methods:
         exact = exact_model.ExactModel(model, device)
@@ -184,7 +185,7 @@ def evaluate(cfg: DictConfig, model, sha256: str, run_dir: Path, images: torch.T
         gaps = found_exact.gaps(labels)
         record["certified_model"] = {
             "what": "the exact model: float64, a monDEQ at its exact equilibrium (margins lowered by a "
-                    "proved bound on the float64 solve's distance from it, src/exact_model.py)",
+                    "proved bound on the float64 solve's distance from it, src/certify/exact_model.py)",
             "state_error_max": float(found_exact.state_error.max()) if len(labels) else 0.0,
             "rounding": certify.ROUNDING,
             "disagreements": int((found_exact.logits.argmax(1) != logits.argmax(1)).sum()),

@@ -24,7 +24,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 from omegaconf.errors import InterpolationResolutionError
 
 from .bounds.registry import LOCAL_METHODS, METHODS as BOUND_METHODS, select_methods
-from .certify import RULES as CERTIFY_RULES
+from .certify.rules import RULES as CERTIFY_RULES
 from .data import DATASETS
 from .errors import ConfigError
 from .models import MODELS

@@ -4,7 +4,7 @@ import torch
 
 from src import bench
 from src.errors import CheckpointError
-from src.bounds import mondeq as mondeq_bounds
+from src.bounds import theorem1 as theorem1_bounds
 from src.models import build_model
 
 TINY = ["model=mon_fc", "model.width=8", "dataset=synthetic", "dataset.in_shape=[1,6,6]", "bench.device=cpu"]
@@ -25,7 +25,7 @@ def test_bound_benchmark_reports_the_bound_apps_values(compose):
     record = bench.run(cfg)
     torch.manual_seed(cfg.seed)  # the model bench builds
     model = build_model(cfg.model, cfg.m, cfg.splitting, (1, 6, 6), cfg.dataset.num_classes)
-    assert record["theorem1"]["value"] == mondeq_bounds.theorem1(model)["value"]
+    assert record["theorem1"]["value"] == theorem1_bounds.theorem1(model)["value"]
     assert 0 < record["grad_norm"]["value"] <= record["theorem1"]["value"]
     assert record["grad_norm"]["seconds"] > 0 and record["grad_norm"]["failed"] is None
 

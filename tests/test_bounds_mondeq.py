@@ -1,4 +1,4 @@
-"""Upper bounds of monDEQs (src/bounds/mondeq.py) against hand-computed cases and dense references."""
+"""Upper bounds of monDEQs (src/bounds/theorem1.py, diag_sdp.py, unrolled.py) against hand-computed cases and dense references."""
 import math
 
 import numpy as np
@@ -6,7 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from src.bounds import lower, mondeq
+from src.bounds import diag_sdp, lower, theorem1 as thm, unrolled
+from src.mondeq import dense
 from src.mondeq.networks import MonConvNet, MonFCNet
 from src.mondeq.spectral import circular_conv
 from src.mondeq.splitting import SPLITTING_METHODS, SolverConfig, solve
@@ -77,8 +78,8 @@ def test_one_unit_mondeq_by_hand():
     u, a, w, m = 1.5, 0.8, -2.0, 0.5
     net = scalar_net(u, a, w, m=m)
     exact = abs(w * u) / (m + a * a)
-    assert mondeq.theorem1(net)["value"] == pytest.approx(abs(w * u) / m, rel=1e-12)
-    res = mondeq.sdp_diag(net)
+    assert thm.theorem1(net)["value"] == pytest.approx(abs(w * u) / m, rel=1e-12)
+    res = diag_sdp.sdp_diag(net)
     assert res["sdp_report"]["status"] == "optimal"
     assert res["value"] == pytest.approx(exact, rel=1e-6)  # the SDP is exact for one unit
     x = torch.linspace(-3, 3, 7, dtype=torch.float64).view(-1, 1, 1, 1)
@@ -93,7 +94,7 @@ def test_one_unit_mondeq_by_hand():
 @pytest.mark.parametrize("m", [0.2, 1.0, 5.0])
 def test_theorem1_fc_is_the_norm_product_and_holds_on_random_pairs(m):
     net = fc_net(seed=3, m=m, scale=3.0)
-    res = mondeq.theorem1(net)
+    res = thm.theorem1(net)
     W_out = net.Wout.weight.detach().numpy()
     U = net.mon.operator.U.weight.detach().numpy()
     assert res["value"] == pytest.approx(np.linalg.norm(W_out, 2) * np.linalg.norm(U, 2) / m, rel=1e-12)
@@ -108,14 +109,14 @@ def test_conv_input_norm_equals_svd_of_dense_circular_conv():
     d = 2 * size[0] * size[1]
     eye = torch.eye(d, dtype=torch.float64).view(d, 2, *size)
     dense = circular_conv(eye, kernel).flatten(1).T  # (3*35, 2*35)
-    assert mondeq.conv_input_norm(kernel, size) == pytest.approx(
+    assert thm.conv_input_norm(kernel, size) == pytest.approx(
         float(torch.linalg.matrix_norm(dense, ord=2)), rel=1e-10)
 
 
 def test_theorem1_conv_uses_the_padded_grid_and_pooled_is_exact():
     net = conv_net(seed=1, m=0.5)
     op = net.mon.operator
-    t1, pooled = mondeq.theorem1(net), mondeq.theorem1_pooled(net)
+    t1, pooled = thm.theorem1(net), thm.theorem1_pooled(net)
     U_dense = op.dense_input_matrix().detach()  # U on the padded 8x8 grid
     u_norm = float(torch.linalg.matrix_norm(U_dense, ord=2))
     wo = float(torch.linalg.matrix_norm(net.Wout.weight.detach(), ord=2))
@@ -138,7 +139,7 @@ def test_theorem1_multitier_pooled_equals_theorem1():
     from src.mondeq.networks import MonMultiConvNet
     torch.manual_seed(0)
     net = MonMultiConvNet((1, 6, 6), 10, (2, 3), 1.0, TIGHT).double()
-    t1, pooled = mondeq.theorem1(net), mondeq.theorem1_pooled(net)
+    t1, pooled = thm.theorem1(net), thm.theorem1_pooled(net)
     U_dense = net.mon.operator.dense_input_matrix().detach()
     assert t1["U_norm"] == pytest.approx(float(torch.linalg.matrix_norm(U_dense, ord=2)), rel=1e-10)
     assert pooled["value"] == pytest.approx(t1["value"], rel=1e-10)  # the read-out is a coordinate slice
@@ -148,7 +149,7 @@ def test_theorem1_multitier_pooled_equals_theorem1():
 
 def full_lmi_min_eig(net, res):
     """Smallest eigenvalue of the unreduced LMI (with U itself) at the returned multipliers and rho = value^2."""
-    W, U, Wo = mondeq._fc_matrices(net)
+    W, U, Wo = dense.fc_matrices(net)
     lam = np.diag(res["multipliers"])
     rho = res["value"] ** 2
     top = 2 * lam - lam @ W - W.T @ lam - Wo.T @ Wo
@@ -159,7 +160,7 @@ def full_lmi_min_eig(net, res):
 @pytest.mark.parametrize("seed,m,scale", [(0, 0.5, 1.0), (1, 5.0, 2.0), (2, 20.0, 4.0), (3, 0.1, 0.5)])
 def test_sdp_diag_random_nets(seed, m, scale):
     net = fc_net(seed=seed, m=m, scale=scale, width=10)
-    res, t1 = mondeq.sdp_diag(net), mondeq.theorem1(net)["value"]
+    res, t1 = diag_sdp.sdp_diag(net), thm.theorem1(net)["value"]
     assert res["status"] == "optimal" and res["sdp_report"]["solver"] in ("MOSEK", "SCS")
     assert res["value"] <= t1 * (1 + 1e-9)
     assert full_lmi_min_eig(net, res) >= -1e-10  # the certificate is valid for the unreduced LMI
@@ -171,7 +172,7 @@ def test_sdp_diag_random_nets(seed, m, scale):
 
 def test_sdp_diag_trained_net_is_tighter_than_theorem1_and_valid():
     net = trained_fc_net()
-    res, t1 = mondeq.sdp_diag(net), mondeq.theorem1(net)["value"]
+    res, t1 = diag_sdp.sdp_diag(net), thm.theorem1(net)["value"]
     assert res["status"] == "optimal"
     assert res["value"] <= t1 * (1 + 1e-9)
     assert full_lmi_min_eig(net, res) >= -1e-10
@@ -183,8 +184,8 @@ def test_sdp_diag_trained_net_is_tighter_than_theorem1_and_valid():
 
 def test_certify_recomputes_rho_exactly():
     net = fc_net(seed=5, m=2.0, width=6)
-    W, U, Wo = mondeq._fc_matrices(net)
-    prob = mondeq._DiagSDP(W, U, 2.0)
+    W, U, Wo = dense.fc_matrices(net)
+    prob = diag_sdp._DiagSDP(W, U, 2.0)
     G = Wo.T @ Wo / np.linalg.norm(Wo, 2) ** 2
     # Lambda = I is Theorem 1 (rho <= 1); check rho against a bisection on the full LMI's eigenvalues
     rho, lam = prob.certify(np.ones(6), G)
@@ -204,33 +205,33 @@ def test_certify_recomputes_rho_exactly():
 @pytest.mark.filterwarnings("ignore:Solution may be inaccurate")
 def test_sdp_failure_is_reported_not_a_number(monkeypatch):
     net = fc_net(seed=0, width=6)
-    res = mondeq.sdp_diag(net, solvers=("NO_SUCH_SOLVER",))
+    res = diag_sdp.sdp_diag(net, solvers=("NO_SUCH_SOLVER",))
     assert res["value"] is None and res["status"] == "no solver succeeded"
     assert res["sdp_report"]["value"] is None  # never NaN
-    monkeypatch.setattr(mondeq, "SCS_MAX_ITERS", 3)
-    res = mondeq.sdp_diag(net, solvers=("SCS",))
+    monkeypatch.setattr(diag_sdp, "SCS_MAX_ITERS", 3)
+    res = diag_sdp.sdp_diag(net, solvers=("SCS",))
     assert res["value"] is None and res["status"] != "optimal"
-    pair = mondeq.sdp_pairwise(fc_net(seed=0, width=4, classes=3), solvers=("SCS",))
+    pair = diag_sdp.sdp_pairwise(fc_net(seed=0, width=4, classes=3), solvers=("SCS",))
     assert pair["value"] is None and pair["matrix"][0][1] is None
 
 
 def test_sdp_needs_an_fc_mondeq():
     with pytest.raises(TypeError):
-        mondeq.sdp_diag(conv_net())
+        diag_sdp.sdp_diag(conv_net())
     with pytest.raises(TypeError):
-        mondeq.theorem1(torch.nn.Linear(3, 2))
+        thm.theorem1(torch.nn.Linear(3, 2))
 
 
 def test_sdp_pairwise_bounds_each_logit_difference():
     net = fc_net(seed=4, width=6, m=1.0, scale=2.0)
-    diag = mondeq.sdp_diag(net)["value"]
-    res = mondeq.sdp_pairwise(net)
+    diag = diag_sdp.sdp_diag(net)["value"]
+    res = diag_sdp.sdp_pairwise(net)
     L = np.array(res["matrix"], dtype=float)
     assert res["status"] == "optimal" and L.shape == (10, 10)
     assert np.allclose(L, L.T) and np.all(np.diag(L) == 0)
     assert res["value"] == pytest.approx(L.max())
     assert np.all(L <= math.sqrt(2) * diag * (1 + 1e-6))
-    W, U, Wo = mondeq._fc_matrices(net)
+    W, U, Wo = dense.fc_matrices(net)
     t1_pair = np.array([[np.linalg.norm(Wo[i] - Wo[j]) for j in range(10)] for i in range(10)]) \
         * np.linalg.norm(U, 2) / net.mon.operator.m
     assert np.all(L <= t1_pair * (1 + 1e-9))
@@ -257,10 +258,10 @@ def run_unrolled(layers, x, k):
 def test_unrolled_network_reproduces_the_solver_and_its_bound(method, alpha):
     net = fc_net(seed=6, width=7, m=1.0)
     op = net.mon.operator
-    W, U, Wo = mondeq._fc_matrices(net)
+    W, U, Wo = dense.fc_matrices(net)
     b = op.U.bias.detach().numpy()
     x = torch.randn(5, 1, 4, 4, dtype=torch.float64)
-    k = mondeq.count_iterations(net, method, alpha, x, tol=1e-3)
+    k = unrolled.count_iterations(net, method, alpha, x, tol=1e-3)
     assert k is not None and k > 1
     # the k-th iterate of the network's solver equals the explicit depth-k network
     with torch.no_grad():
@@ -274,11 +275,11 @@ def test_unrolled_network_reproduces_the_solver_and_its_bound(method, alpha):
             state, _ = fp.step(state, False)
         z_k = op.nonlinearity(state)  # the k-th iterate (PR: its reflected variable) as a layer output
     assert stats.residual <= 1e-3 < prev.residual  # k is the first iteration within tol
-    layers = mondeq.unrolled_layers(W, U, Wo, method, alpha, b)
+    layers = unrolled.unrolled_layers(W, U, Wo, method, alpha, b)
     out = run_unrolled(layers, net.prepare(x).numpy(), k)
     assert np.allclose(out, z_k.numpy() @ Wo.T, atol=1e-10)
     # the reported bound is the product of the dense layer norms (checks the size reduction)
-    r = mondeq.unrolled(net, method, x, alphas=[alpha])
+    r = unrolled.unrolled(net, method, x, alphas=[alpha])
     W1, Wu, Wf = layers[:3]
     log10 = math.log10(np.linalg.norm(Wf, 2)) + math.log10(np.linalg.norm(W1, 2)) \
         + (k - 1) * math.log10(np.linalg.norm(Wu, 2))
@@ -290,11 +291,11 @@ def test_unrolled_network_reproduces_the_solver_and_its_bound(method, alpha):
 def test_unrolled_grid_marks_divergence_and_takes_the_minimum():
     net = fc_net(seed=7, width=6, m=0.5)
     x = torch.randn(8, 1, 4, 4, dtype=torch.float64)
-    r = mondeq.unrolled(net, "fb", x, alphas=[0.05, 0.2, 50.0])
+    r = unrolled.unrolled(net, "fb", x, alphas=[0.05, 0.2, 50.0])
     assert r["iters"][2] is None and r["bound"][2] is None  # FB diverges for a huge step
     assert r["value"] == min(v for v in r["bound"] if v is not None)
     with pytest.raises(ValueError):
-        mondeq.unrolled(net, "newton", x)
+        unrolled.unrolled(net, "newton", x)
 
 
 def test_a_non_finite_bound_is_a_failure_never_a_number(compose):

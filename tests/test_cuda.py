@@ -76,8 +76,8 @@ def test_the_lower_bound_of_a_conv_mondeq_on_the_gpu_equals_the_cpus(cuda):
 
 
 def test_the_exact_model_and_its_audit_on_the_gpu_agree_with_the_cpus(cuda):
-    from src.audit import audit
-    from src.exact_model import ExactModel
+    from src.certify.audit import audit
+    from src.certify.exact_model import ExactModel
 
     torch.manual_seed(0)
     model = build_model({"name": "mon_conv", "channels": 4}, 1.0, {"name": "pr", "alpha": 1.0}, (1, 8, 8), 10)

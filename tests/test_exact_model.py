@@ -1,12 +1,12 @@
-"""The exact model certificates speak of (src/exact_model.py): its proved allowance holds against the
-exact equilibrium (dense active-set Newton, src/bounds/local.py), also for a solve cut short."""
+"""The exact model certificates speak of (src/certify/exact_model.py): its proved allowance holds against the
+exact equilibrium (dense active-set Newton, src/mondeq/dense.py), also for a solve cut short."""
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-from src import certify, exact_model
-from src.bounds import local
+from src.certify import exact_model, rules as certify
+from src.mondeq import dense
 from src.mondeq.networks import MonConvNet, MonFCNet
 from src.mondeq.splitting import SolverConfig
 
@@ -25,8 +25,8 @@ def fc_net(seed: int = 0) -> MonFCNet:
 def test_the_allowance_covers_the_distance_to_the_exact_equilibrium_even_for_a_cut_solve(monkeypatch):
     net = fc_net()
     x = torch.randn(64, 6, generator=torch.Generator().manual_seed(1))
-    dm = local.dense_mondeq(net, (6,))
-    z_star, _, ok = local.equilibrium(dm, x.double())
+    dm = dense.dense_mondeq(net, (6,))
+    z_star, _, ok = dense.equilibrium(dm, x.double())
     assert ok.all()
     exact_logits = z_star @ dm.C + dm.b_out
     labels = exact_logits.argmax(1)

@@ -1,4 +1,4 @@
-"""Per-input certified radii of monDEQs (src/bounds/local.py) and certify.bound=local.
+"""Per-input certified radii of monDEQs (src/certify/local.py) and certify.bound=local.
 
 Soundness is checked against independent computations: brute-force vertex
 enumeration with dense inverses, the network's own solver and autograd
@@ -16,9 +16,11 @@ import numpy as np
 import pytest
 import torch
 
-from src import certify
-from src.bounds import local
-from src.bounds.mondeq import sdp_pairwise, theorem1, theorem1_pooled
+from src.certify import rules as certify
+from src.certify import local
+from src.mondeq import dense
+from src.bounds.diag_sdp import sdp_pairwise
+from src.bounds.theorem1 import theorem1, theorem1_pooled
 from src.errors import ConfigError
 from src.mondeq.networks import MonConvNet, MonFCNet
 from src.mondeq.splitting import SolverConfig
@@ -76,7 +78,7 @@ def pgd_worst(net, x0, labels, radius, restarts: int, steps: int, seed: int) -> 
     return best
 
 
-def exact_radius(dm: local.DenseMonDEQ, x0: np.ndarray, label: int) -> float:
+def exact_radius(dm: dense.DenseMonDEQ, x0: np.ndarray, label: int) -> float:
     """The exact l2 distance from x0 to a point where some f_j >= f_y: min over activation patterns S
     (z affine on S's region) and classes j of a QP, infeasible ones skipped."""
     h, d = dm.U.shape
@@ -109,7 +111,7 @@ def test_vertex_sup_is_the_brute_force_max_over_slope_vertices():
     """The Schur-complement enumeration equals dense (I - D W)^-1 D U at every vertex; no slope
     inside the box gives a larger gradient (the sup sits at a vertex); the monotone bound is above."""
     net = random_net(5, 7, m=0.3, seed=0, scale=2.0)
-    dm = local.dense_mondeq(net, (5,))
+    dm = dense.dense_mondeq(net, (5,))
     h = dm.W.shape[0]
     labels = torch.tensor([1, 2])
     c, e = local._outputs(dm, labels)
@@ -145,9 +147,9 @@ def test_vertex_sup_is_the_brute_force_max_over_slope_vertices():
 
 def test_exact_equilibrium_matches_the_solver_and_the_dense_pieces_the_network():
     net = random_net(6, 9, m=0.5, seed=2, scale=2.0)
-    dm = local.dense_mondeq(net, (6,))
+    dm = dense.dense_mondeq(net, (6,))
     x = torch.randn(50, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
-    z, v, ok = local.equilibrium(dm, x)
+    z, v, ok = dense.equilibrium(dm, x)
     assert ok.all()
     torch.testing.assert_close(z, v.clamp_min(0), rtol=0, atol=1e-13)
     with torch.no_grad():
@@ -156,19 +158,21 @@ def test_exact_equilibrium_matches_the_solver_and_the_dense_pieces_the_network()
 
 
 def test_a_pattern_that_has_not_settled_is_not_called_the_equilibrium(monkeypatch):
-    """With one Newton step from the input's own pattern, rows whose pattern still moves must be refused:
-    their z was solved for the previous pattern and is not the fixed point."""
+    """With one Newton step from the input's own pattern (a start at z = 0), rows whose pattern still moves
+    must be refused: their z was solved for the previous pattern and is not the fixed point."""
     net = random_net(6, 9, m=0.5, seed=2, scale=2.0)
-    dm = local.dense_mondeq(net, (6,))
+    dm = dense.dense_mondeq(net, (6,))
     x = torch.randn(200, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
-    monkeypatch.setattr(local, "NEWTON_STEPS", 1)
-    z, v, ok = local.equilibrium(dm, x)
+    monkeypatch.setattr(dense, "NEWTON_STEPS", 1)
+    start = torch.zeros(len(x), dm.W.shape[0], dtype=torch.float64)
+    z, v, ok = dense.equilibrium(dm, x, start)
     residual = (z - (z @ dm.W.T + x @ dm.U.T + dm.b).clamp_min(0)).norm(dim=1)
     assert (~ok).any() and ok.any()
     assert (residual[ok] < 1e-12).all() and (residual[~ok] > 1e-6).all()
     labels = (z @ dm.C).argmax(1)
-    cen = local.centres(dm, x, labels, global_pairs(net))
+    cen = local.centres(dm, x, labels, global_pairs(net), start)
     assert (local.certified_radii(dm, cen)["radius"][~ok] == 0).all()
+    assert dense.equilibrium(dm, x)[2].all()  # from the Peaceman-Rachford start: every pattern settles
 
 
 # --------------------------------------------------------------------------- soundness
@@ -177,7 +181,7 @@ def test_a_pattern_that_has_not_settled_is_not_called_the_equilibrium(monkeypatc
 def planar():
     """A 2-D, width-6 monDEQ, its centres (classified by themselves) and their certified radii."""
     net = random_net(2, 6, m=0.5, seed=4, scale=2.5)
-    dm = local.dense_mondeq(net, (2,))
+    dm = dense.dense_mondeq(net, (2,))
     x = 2 * torch.rand(24, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(5)) - 1
     with torch.no_grad():
         labels = net(x).argmax(1)
@@ -275,10 +279,10 @@ def test_small_conv_mondeq_local_radii_are_sound():
     with torch.no_grad():
         for p in net.parameters():
             p.mul_(2.0)
-    dm = local.dense_mondeq(net, (1, 4, 4))
+    dm = dense.dense_mondeq(net, (1, 4, 4))
     x = torch.randn(16, 1, 4, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(11))
     with torch.no_grad():
-        torch.testing.assert_close(local.equilibrium(dm, x.flatten(1))[0] @ dm.C + dm.b_out, net(x),
+        torch.testing.assert_close(dense.equilibrium(dm, x.flatten(1))[0] @ dm.C + dm.b_out, net(x),
                                    rtol=0, atol=1e-7)
         labels = net(x).argmax(1)
     pair = local.pair_constants(theorem1_pooled(net)["value"], CLASSES)
@@ -398,8 +402,8 @@ def test_bench_record_of_the_local_certifier(compose, capsys):
 
 
 def test_the_audit_finds_no_counterexample_in_certified_balls_and_finds_them_in_balls_5_percent_larger(planar):
-    from src.audit import audit
-    from src.exact_model import ExactModel
+    from src.certify.audit import audit
+    from src.certify.exact_model import ExactModel
 
     net, dm, x, labels, pair, cen, out = planar
     exact = ExactModel(net, torch.device("cpu"))

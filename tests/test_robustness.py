@@ -1,4 +1,4 @@
-"""Certificates (src/certify.py), PGD (src/attack.py) and the robustness app (src/robustness.py).
+"""Certificates (src/certify/rules.py), PGD (src/attack.py) and the robustness app (src/robustness.py).
 
 The soundness tests train small classifiers here, on well separated clusters
 of 4x4 "images" in [0, 1], so that margins are non-trivial; L is a valid
@@ -15,7 +15,8 @@ import pytest
 import torch
 from torch import nn
 
-from src import attack, certify
+from src import attack
+from src.certify import rules as certify
 from src.mondeq.networks import MonFCNet
 from src.mondeq.splitting import SolverConfig
 
@@ -69,7 +70,7 @@ def dnn():
 
 @pytest.fixture(scope="module")
 def mondeq():
-    from src.bounds.mondeq import theorem1
+    from src.bounds.theorem1 import theorem1
 
     torch.manual_seed(0)
     solver = SolverConfig(name="pr", alpha=1.0, fwd_tol=1e-6, fwd_max_iter=500, bwd_tol=1e-6, bwd_max_iter=500)

@@ -31,7 +31,7 @@ def test_the_class_pair_and_diagonal_sdp_checks_inflate_rho_by_their_rounding():
     """The a posteriori check's rho is the exact Schur complement, times the rounding factor of cond(M)."""
     import numpy as np
 
-    from src.bounds.mondeq import _DiagSDP
+    from src.bounds.diag_sdp import _DiagSDP
     from src.bounds.sdp import schur_rounding
 
     rng = np.random.default_rng(0)

@@ -16,7 +16,7 @@ import torch
 from omegaconf import DictConfig
 
 from ..models import name_of
-from . import feedforward, lower, mondeq as mondeq_bounds
+from . import diag_sdp, feedforward, lower, theorem1 as theorem1_bounds, unrolled as unrolled_bounds
 from .lipsdp import lipsdp
 from .registry import METHODS, select_methods
 
@@ -35,7 +35,7 @@ class Context:
 def _unrolled(method: str):
     def compute(ctx: Context) -> dict:
         b = ctx.cfg.bound
-        return mondeq_bounds.unrolled(ctx.model, method, ctx.test_x[: b.unrolled_batch],
+        return unrolled_bounds.unrolled(ctx.model, method, ctx.test_x[: b.unrolled_batch],
                                       alphas=list(b.unrolled_alphas), tol=b.unrolled_tol)
     return compute
 
@@ -45,19 +45,19 @@ def _in_shape(ctx: Context) -> tuple[int, ...]:
 
 
 def theorem1(ctx: Context) -> dict:
-    return mondeq_bounds.theorem1(ctx.model)
+    return theorem1_bounds.theorem1(ctx.model)
 
 
 def theorem1_pooled(ctx: Context) -> dict:
-    return mondeq_bounds.theorem1_pooled(ctx.model)
+    return theorem1_bounds.theorem1_pooled(ctx.model)
 
 
 def sdp_diag(ctx: Context) -> dict:
-    return mondeq_bounds.sdp_diag(ctx.model)
+    return diag_sdp.sdp_diag(ctx.model)
 
 
 def sdp_pairwise(ctx: Context) -> dict:
-    return mondeq_bounds.sdp_pairwise(ctx.model)
+    return diag_sdp.sdp_pairwise(ctx.model)
 
 
 unrolled_fb, unrolled_pr = _unrolled("fb"), _unrolled("pr")

@@ -250,7 +250,7 @@ def unrolled_fb(net, d: int, alpha: float, train_margin_loss: float | None = Non
     where its own preceding step has e^4 and h (1/(2 sigma^2) cancels the 2): the printed
     form is followed here; it differs from that step by e^2/2 = 3.7 in KL.
     """
-    from .mondeq import unrolled_layers
+    from .unrolled import unrolled_layers
 
     op, Wo = net.mon.operator, net.Wout
     h = int(op.state_size if h is None else h)
@@ -284,7 +284,7 @@ def unrolled_fb_best(net, x: torch.Tensor, alphas, tol: float, train_margin_loss
                      max_iter: int = 3000, **kwargs) -> dict:
     """`unrolled_fb` at the FB iteration count each alpha needs on inputs x (relative residual
     <= tol, the network's own solver, as the Lipschitz `unrolled` bound); the smallest bound."""
-    from .mondeq import count_iterations
+    from .unrolled import count_iterations
 
     per_alpha = []
     for alpha in alphas:

@@ -35,7 +35,9 @@ import time
 import torch
 from torch import nn
 
-from ..mondeq.fc import FullyConnectedOperator, monotone_weight
+from ..mondeq.dense import dense_mondeq, equilibrium
+from ..mondeq.fc import FullyConnectedOperator
+from ..mondeq.networks import MonDEQNet
 from ..progress import ticking
 
 
@@ -59,69 +61,27 @@ def sample_points(test_x: torch.Tensor, n: int, box_low, box_high, seed: int = 0
 
 # --------------------------------------------------------------------------- FC monDEQ: exact implicit Jacobian
 
-def _is_fc_mondeq(model) -> bool:
-    return hasattr(model, "mon") and isinstance(getattr(model.mon, "operator", None), FullyConnectedOperator)
-
-
 def _is_mondeq(model) -> bool:
-    return hasattr(model, "mon") and hasattr(model.mon, "operator")
+    return isinstance(model, MonDEQNet)
+
+
+def _is_fc_mondeq(model) -> bool:
+    return _is_mondeq(model) and isinstance(model.mon.operator, FullyConnectedOperator)
 
 
 class _FCJacobian:
-    """Float64 copies of an FC monDEQ's weights and its batched implicit Jacobian."""
+    """An FC monDEQ's batched implicit Jacobian, on its dense float64 view (src/mondeq/dense.py)."""
 
-    def __init__(self, net, tol: float = 1e-11, max_iter: int = 5000):
-        op = net.mon.operator
-        with torch.no_grad():  # float64 copies on the CPU (h x h problems: no use for an accelerator)
-            self.W = monotone_weight(op.A.weight.detach().cpu().double(), op.B.weight.detach().cpu().double(), op.m)
-            self.U = op.U.weight.detach().cpu().double()
-            self.b = op.U.bias.detach().cpu().double()
-            self.Wo = net.Wout.weight.detach().cpu().double()
+    def __init__(self, net):
+        self.dm = dense_mondeq(net)  # float64 on the CPU: h x h problems, no use for an accelerator
+        self.W, self.U, self.Wo, self.UUt = self.dm.W, self.dm.U, self.dm.C.T, self.dm.G
         self.h = self.W.shape[0]
-        self.UUt = self.U @ self.U.T
         self.eye = torch.eye(self.h, dtype=torch.float64)
-        # PR step ~ 1 / sqrt(m ||I - W||), the usual choice for a strongly monotone, Lipschitz operator
-        lip = float(torch.linalg.matrix_norm(self.eye - self.W, ord=2))
-        self.alpha = min(1.0, 1.0 / math.sqrt(max(op.m, 1e-6) * max(lip, 1e-6)))
-        self.V = torch.linalg.inv((1 + self.alpha) * self.eye - self.alpha * self.W)
         self.prepare = net.prepare
-        self.tol, self.max_iter = tol, max_iter
 
-    def _residual(self, z: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-        return (z - torch.relu(z @ self.W.T + bias)).norm(dim=1) / (1e-12 + z.norm(dim=1) + bias.norm(dim=1))
-
-    def equilibrium(self, bias: torch.Tensor) -> torch.Tensor:
-        """z = relu(W z + bias) to a per-point relative residual <= tol.
-
-        Peaceman-Rachford to 1e-6, then semismooth Newton steps, which
-        solve z = D (W z + bias) exactly for the current activation pattern D
-        (z = (I - D W)^-1 D bias) and stop once the pattern is consistent.
-        """
-        z = torch.zeros_like(bias)
-        u = torch.zeros_like(bias)
-        a = self.alpha
-        for it in range(self.max_iter):
-            u_half = 2 * z - u
-            u = 2 * (u_half + a * bias) @ self.V.T - u_half
-            z = torch.relu(u)
-            if it % 5 == 4 and float(self._residual(z, bias).max()) <= 1e-6:
-                break
-        for _ in range(20):
-            res = self._residual(z, bias)
-            todo = res > self.tol
-            if not bool(todo.any()):
-                break
-            b = bias[todo]
-            d = (z[todo] @ self.W.T + b > 0).to(b.dtype)
-            z_new = torch.linalg.solve(self.eye - d[:, :, None] * self.W, (d * b).unsqueeze(-1)).squeeze(-1)
-            z = z.clone()
-            z[todo] = z_new
-        return z
-
-    def pre_activation(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        bias = self.prepare(x).cpu().double() @ self.U.T + self.b
-        z = self.equilibrium(bias)
-        return z, z @ self.W.T + bias
+    def pre_activation(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(z, v, ok) at the exact equilibrium of each point (`ok`: it was found, src/mondeq/dense.py)."""
+        return equilibrium(self.dm, self.prepare(x).cpu().double())
 
     def norms_from_d(self, d: torch.Tensor) -> torch.Tensor:
         """||W_out (I - D W)^-1 D U||_2 for a batch of diagonals d (batch, h); differentiable in d."""
@@ -133,12 +93,14 @@ class _FCJacobian:
         return torch.linalg.eigvalsh(gram)[:, -1].clamp_min(0).sqrt()
 
     def norms(self, x: torch.Tensor) -> torch.Tensor:
-        _, v = self.pre_activation(x)
-        return self.norms_from_d((v > 0).double())
+        """The Jacobian norm at each point; 0 where the exact equilibrium was not found (a norm there
+        would not be attained, so it never becomes the lower bound)."""
+        _, v, ok = self.pre_activation(x)
+        return self.norms_from_d((v > 0).double()).masked_fill(~ok, 0.0)
 
     def jacobian(self, x: torch.Tensor) -> torch.Tensor:
         """The full (batch, classes, input_dim) Jacobian (tests and small batches)."""
-        _, v = self.pre_activation(x)
+        _, v, _ = self.pre_activation(x)
         d = (v > 0).double()
         Yt = torch.linalg.solve(self.eye - self.W.T * d[:, None, :], self.Wo.T.expand(d.shape[0], -1, -1))
         return (Yt * d[:, :, None]).transpose(1, 2) @ self.U
@@ -154,7 +116,7 @@ class _FCJacobian:
         Returns (batch, h, *x.shape[1:]); units with grad v_i = 0 stay at x.
         """
         flat = self.prepare(x).double()
-        z, v = self.pre_activation(flat)
+        z, v, _ = self.pre_activation(flat)
         d = (v > 0).double()
         dz_dx = torch.linalg.solve(self.eye - d[:, :, None] * self.W, d[:, :, None] * self.U)
         grad_v = self.W @ dz_dx + self.U                                  # (batch, h, input_dim)
@@ -167,7 +129,7 @@ class _FCJacobian:
         """A differentiable surrogate: D = sigmoid(v / t) with v linearised implicitly at x."""
         x = self.prepare(x).double()
         with torch.no_grad():
-            z, v = self.pre_activation(x)
+            z, v, _ = self.pre_activation(x)
             d = (v > 0).double()
             dz_dx = torch.linalg.solve(self.eye - d[:, :, None] * self.W, d[:, :, None] * self.U)
         x0 = x.detach()

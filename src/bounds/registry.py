@@ -53,7 +53,7 @@ METHODS: dict[str, Method] = {
     "lipsdp_layer": Method("upper", lambda name: name == "dnn"),
     "grad_norm": Method("lower", lambda name: True, needs_data=True),
 }
-# The local certificate's ways of bounding the network over a ball (src/bounds/local.py)
+# The local certificate's ways of bounding the network over a ball (src/certify/local.py)
 LOCAL_METHODS = ("vertex", "monotone")
 
 

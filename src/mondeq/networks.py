@@ -105,3 +105,12 @@ def readout_rows(net) -> torch.Tensor:
     rows = [torch.autograd.grad(feats, z, grad_outputs=Wo[k].view(1, -1), retain_graph=True)[0][0]
             for k in range(Wo.shape[0])]
     return torch.stack(rows, dim=1)
+
+
+def require_mondeq(net, what: str, fc: bool = False) -> None:
+    """TypeError unless `net` is a monDEQ classifier (`fc`: a fully connected one): the bounds' own check."""
+    if not isinstance(net, MonDEQNet):
+        raise TypeError(f"{what} applies to monDEQ classifiers, got {type(net).__name__}")
+    if fc and not isinstance(net.mon.operator, FullyConnectedOperator):
+        raise TypeError(f"{what} is implemented for fully connected monDEQs only, "
+                        f"got operator {type(net.mon.operator).__name__}")

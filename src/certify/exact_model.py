@@ -16,7 +16,7 @@ Each margin f_y - f_j = (c_y - c_j)^T z + b_y - b_j (c: the read-out pulled back
 model is then at least its value at p minus ||c_y - c_j|| ||W d|| / m.  Nothing rests on the solver
 having converged: a looser solve only gives a larger (still proved) allowance.
 
-Rounding.  The float64 arithmetic behind the state adds an allowance of ROUNDING (src/certify.py)
+Rounding.  The float64 arithmetic behind the state adds an allowance of ROUNDING (src/certify/rules.py)
 relative to ||z|| + ||u||, divided by m.  This is a margin, not a proof: float64 sums of n terms err
 by at most n u (u = 2^-53) relative to the sum of magnitudes, at most sqrt(n) times the norm, and
 n sqrt(n) u <= 2^-26 for states up to 2.6e5 units (the paper's conv monDEQs have 1.2e5 to 1.5e5); a
@@ -32,9 +32,9 @@ import warnings
 
 import torch
 
-from .certify import ROUNDING, Gaps, gaps_of
-from .mondeq.networks import MonDEQNet, readout_rows
-from .progress import ticking
+from ..mondeq.networks import MonDEQNet, readout_rows
+from ..progress import ticking
+from .rules import ROUNDING, Gaps, gaps_of
 
 STATE_TOL = 1e-9       # relative residual the float64 solve aims at (the bound holds whatever it reaches)
 STATE_MAX_ITER = 5000

@@ -1,9 +1,9 @@
 """The audit of a certified curve: an attack inside each certified point's own ball, on the exact model.
 
-Every point a curve certifies at some radius has its own certified ball (src/certify.py:
+Every point a curve certifies at some radius has its own certified ball (src/certify/rules.py:
 certified_radii; a local curve's per-input radii).  The audit runs l2 PGD with restarts over the
 whole ball (normalised inputs, no box: the certificate covers the whole ball, not only images)
-on the float64 model solved tightly (src/exact_model.py), and counts the points where it proves
+on the float64 model solved tightly (src/certify/exact_model.py), and counts the points where it proves
 a counterexample: the exact model's margin, bounded from above with the same allowance the
 certificates subtract, is below zero.  A sound certificate has none; the test suite shows the
 audit finds them as soon as the balls are 5% larger than a tight radius.
@@ -14,9 +14,9 @@ import math
 
 import torch
 
-from .certify import margins
+from .rules import margins
 from .exact_model import ExactModel
-from .progress import ticking
+from ..progress import ticking
 
 INSIDE = 1 - 2.0 ** -20  # the balls are open (certified at eps < radius): attack just inside
 

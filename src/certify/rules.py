@@ -14,7 +14,7 @@ y on the whole ball ||x' - x||_2 <= eps' when the logit margin clears a rule:
   f_y - f_j > L_yj eps' for every j != y.  No rule applies; with every
   L_yj = sqrt(2) L it is exactly the `tight` rule.
 
-What is certified is the exact model (src/exact_model.py): the float64 network, for a monDEQ
+What is certified is the exact model (src/certify/exact_model.py): the float64 network, for a monDEQ
 with its exact equilibrium, whose gaps are bounded from below with a proved allowance for the
 solve.  The comparisons are strict, in float64, with an allowance of ROUNDING relative to the
 magnitudes compared: a gap that could close to zero, or that rounding could tip, is not a
@@ -41,7 +41,7 @@ import torch
 
 RULES: dict[str, float] = {"paper": 2.0, "tight": math.sqrt(2.0)}
 # Relative allowance for float64 rounding in every final comparison and in the exact model's state
-# (src/exact_model.py says how large and what it does not cover: sums that cancel far below their terms).
+# (src/certify/exact_model.py says how large and what it does not cover: sums that cancel far below their terms).
 ROUNDING = 2.0 ** -26
 
 
@@ -79,7 +79,7 @@ class Gaps:
 
 def gaps_of(logits: torch.Tensor, labels: torch.Tensor, spread: torch.Tensor | None = None) -> Gaps:
     """The gaps of float64 logits, less a proved allowance `spread` (N, C) where given
-    (src/exact_model.py: the distance of a solve from the exact equilibrium)."""
+    (src/certify/exact_model.py: the distance of a solve from the exact equilibrium)."""
     logits = logits.double()
     own_logit = logits.gather(1, labels.view(-1, 1))
     low = own_logit - logits

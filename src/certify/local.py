@@ -1,6 +1,6 @@
 """Per-input certified l2 radii of monDEQ classifiers: local Lipschitz bounds over a ball.
 
-Notation of src/bounds/mondeq.py: z = relu(v), v = W z + u, u = U x + b, logits
+Notation of src/bounds/theorem1.py: z = relu(v), v = W z + u, u = U x + b, logits
 f = C^T z + b_out (C: the read-out pulled back to z, `readout_rows`).  Around a
 centre x0 with equilibrium z0, v0, every x of the ball B(x0, eps) has
 
@@ -45,35 +45,21 @@ gradient norm).  All of it runs in float64 on an equilibrium recomputed exactly
 """
 from __future__ import annotations
 
-import copy
 import math
 import time
 from dataclasses import dataclass
 
 import torch
 
-from ..certify import ROUNDING, Gaps, clears, gaps_of, radius
 from ..errors import ConfigError
-from ..mondeq.networks import readout_rows
+from ..mondeq.dense import DenseMonDEQ, dense_mondeq, equilibrium, live_units
+from .rules import ROUNDING, Gaps, clears, gaps_of, radius
 
 # Dense (h x h) per-point solves: beyond this state size the method is refused (a
 # width-40 FC net has 40; the paper's conv nets 16 * 30 * 30 and more).
 MAX_STATE = 1024
 # Vertex enumerations are chunked so that one batch of solves stays near this many bytes.
 CHUNK_BYTES = 1 << 26
-NEWTON_STEPS = 20  # pattern updates of the exact equilibrium (converges in 1-3 from the solver's state)
-
-
-@dataclass
-class DenseMonDEQ:
-    """The dense float64 pieces of a monDEQ classifier, on the flattened input it is given."""
-    W: torch.Tensor      # (h, h)
-    U: torch.Tensor      # (h, d): the input injection, the network's own padding included
-    b: torch.Tensor      # (h,)
-    C: torch.Tensor      # (h, classes): W_out R pulled back to z
-    b_out: torch.Tensor  # (classes,)
-    G: torch.Tensor      # U U^T
-    m: float
 
 
 def check_applies(net) -> None:
@@ -81,64 +67,11 @@ def check_applies(net) -> None:
     op = getattr(getattr(net, "mon", None), "operator", None)
     if op is None:
         raise ConfigError(f"certify.bound=local: allowed for monDEQs only, got {type(net).__name__}")
-    size = int(_live(op).sum())
+    size = int(live_units(op).sum())
     if size > MAX_STATE:
         raise ConfigError(f"certify.bound=local: the state size {size} of {type(op).__name__} needs dense "
                           f"per-input solves of that size; allowed: state sizes <= {MAX_STATE} "
                           f"(theorem1_pooled certifies larger conv monDEQs)")
-
-
-def _live(op) -> torch.Tensor:
-    """The units whose ReLU may be non-zero (conv operators zero their image borders: `active_mask`)."""
-    mask = op.active_mask
-    return torch.ones(op.state_size, dtype=torch.bool) if mask is None else mask.detach().cpu() > 0
-
-
-def dense_mondeq(net, in_shape) -> DenseMonDEQ:
-    """float64 W, U, b, C of `net` for inputs of shape in_shape (before the network's own padding).
-
-    U and b are read off input_term(prepare(.)) at zero and the unit vectors, so a padding is included.
-    Units that are zero whatever the input (masked borders) are left out: they feed nothing, and a
-    principal submatrix of W keeps I - W >= m I.
-    """
-    check_applies(net)
-    op = net.mon.operator
-    net64 = copy.deepcopy(net).cpu().double()
-    op64 = net64.mon.operator
-    d = math.prod(in_shape)
-    with torch.no_grad():
-        W = op64.dense_matrix()
-        b = op64.input_term(net64.prepare(torch.zeros(1, *in_shape, dtype=torch.float64))).flatten(1)[0]
-        unit = torch.eye(d, dtype=torch.float64).view(d, *in_shape)
-        U = (op64.input_term(net64.prepare(unit)).flatten(1) - b).T
-    live = _live(op)
-    W, U, b = W[live][:, live], U[live], b[live]
-    return DenseMonDEQ(W=W, U=U, b=b, C=readout_rows(net).cpu()[live], b_out=net.Wout.bias.detach().cpu().double(),
-                       G=U @ U.T, m=float(op.m))
-
-
-def equilibrium(dm: DenseMonDEQ, x: torch.Tensor, z_start: torch.Tensor | None = None):
-    """(z, v, ok): the exact fixed point z = relu(W z + U x + b) of each row of x (N, d).
-
-    Semi-smooth Newton: solve the linear system of an activation pattern, take the
-    pattern of the result, until it repeats; `ok` is False where it did not (such
-    inputs get radius 0).  The pattern starts from z_start (the network's own solve).
-    """
-    u = x.double() @ dm.U.T + dm.b
-    h = dm.W.shape[0]
-    eye = torch.eye(h, dtype=torch.float64)
-    active = (u > 0) if z_start is None else (z_start.double() @ dm.W.T + u > 0)
-    for _ in range(NEWTON_STEPS):
-        a = active.double()
-        z = torch.linalg.solve(eye - dm.W * a[:, :, None] * a[:, None, :], (a * u).unsqueeze(-1)).squeeze(-1)
-        v = z @ dm.W.T + u
-        solved = active  # the pattern z was solved for
-        active = v > 0
-        if torch.equal(active, solved):
-            break
-    # z solves z_S = W_S z + u_S = v_S with z = 0 elsewhere, S the pattern solved for: the fixed point
-    # iff v > 0 exactly on S (a row whose pattern still moved when the steps ran out is not one)
-    return z, v, (active == solved).all(1)
 
 
 # --------------------------------------------------------------------------- sups over a box of slopes
@@ -230,7 +163,7 @@ def box_sup(dm: DenseMonDEQ, method: str, v0, stable, lo, hi, c, e) -> torch.Ten
 class Centres:
     """What the certificates need of each input: its exact equilibrium and the margins there."""
     v0: torch.Tensor       # (N, h) pre-activations
-    margins: Gaps          # f_y - f_j at the exact equilibrium (src/certify.py)
+    margins: Gaps          # f_y - f_j at the exact equilibrium (src/certify/rules.py)
     ok: torch.Tensor       # (N,) the exact equilibrium was found
     c: torch.Tensor        # (N, h, q), e (h, q): the outputs (`_outputs`)
     e: torch.Tensor
@@ -246,13 +179,13 @@ def centres(dm: DenseMonDEQ, x: torch.Tensor, labels: torch.Tensor, pair: torch.
 
 
 def _certifies(cen: Centres, constants, eps) -> torch.Tensor:
-    """f_y - f_j > eps L_j for every j != y, beyond rounding (src/certify.py: clears)."""
+    """f_y - f_j > eps L_j for every j != y, beyond rounding (src/certify/rules.py: clears)."""
     need = torch.where(constants.isinf() & (eps[:, None] == 0), 0.0, eps[:, None] * constants)
     return clears(cen.margins, need)
 
 
 def _below(change, size):
-    """|v - v0| <= change keeps v0's sign (|v0| = size), beyond rounding (src/certify.py: ROUNDING)."""
+    """|v - v0| <= change keeps v0's sign (|v0| = size), beyond rounding (src/certify/rules.py: ROUNDING)."""
     return change + ROUNDING * (change + size) < size
 
 
@@ -350,7 +283,7 @@ def _rows(cen: Centres, rows) -> Centres:
 
 def pair_constants(value, classes: int) -> torch.Tensor:
     """The global constants of the margins as a (classes, classes) matrix: a class-pair matrix as it is
-    (None, a failed solve: inf), a scalar L of the whole logit vector as sqrt(2) L (src/certify.py)."""
+    (None, a failed solve: inf), a scalar L of the whole logit vector as sqrt(2) L (src/certify/rules.py)."""
     if isinstance(value, (list, tuple)):
         return torch.tensor([[math.inf if v is None else float(v) for v in row] for row in value],
                             dtype=torch.float64)
@@ -361,10 +294,10 @@ def local_curve(net, x: torch.Tensor, labels: torch.Tensor, pair: torch.Tensor, 
                 max_unstable: int = 10, refine: int = 2, steps: int = 10) -> dict:
     """The certified-accuracy curve of the local certificate on normalised inputs x (N, C, H, W).
 
-    eps are pixel-unit radii (converted as src/certify.py does); `radii` the per-input certified
+    eps are pixel-unit radii (converted as src/certify/rules.py does); `radii` the per-input certified
     radii in pixel units (certified at eps: eps < radius), `radii_normalised` in the inputs' units.
     """
-    from ..certify import normalised_radius
+    from .rules import normalised_radius
 
     start = time.perf_counter()
     dm = dense_mondeq(net, tuple(x.shape[1:]))
