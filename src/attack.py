@@ -117,21 +117,3 @@ def pgd_accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, e
     return {"eps": eps, "accuracy": robust_cum.double().mean(1).tolist(),
             "accuracy_per_run": robust.double().mean(1).tolist(),
             "clean_accuracy": float(clean.double().mean()), "robust": robust_cum, "clean_correct": clean}
-
-
-@torch.no_grad()
-def random_search(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, eps: float,
-                  mean: Sequence[float], std: Sequence[float], samples: int = 100,
-                  generator: torch.Generator | None = None) -> torch.Tensor:
-    """(N,) bool: some of `samples` random points of the pixel ball (on its sphere, then clipped
-    to the box, which only moves them closer) is not classified as the label."""
-    shape = (1, -1, 1, 1)
-    mean_t = torch.tensor([float(v) for v in mean]).view(shape)
-    std_t = torch.tensor([float(v) for v in std]).view(shape)
-    fooled = torch.zeros(len(labels), dtype=torch.bool)
-    for _ in range(int(samples)):
-        d = torch.randn(images.shape, generator=generator)
-        d = d * (float(eps) / d.flatten(1).norm(dim=1).clamp_min(1e-12)).view(-1, 1, 1, 1)
-        p = (images + d).clamp(0.0, 1.0)
-        fooled |= model((p - mean_t) / std_t).argmax(1) != labels
-    return fooled

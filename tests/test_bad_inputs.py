@@ -36,8 +36,8 @@ def _files(tmp_path):
                tmp_path / "inf.pt")
 
 
-CASES = [
-    ("run", ["m=inf"], "m=inf: allowed: a number > 0"),
+# Configuration rules: checked in-process, as every job is before Hydra starts one (src/cli.py check_job)
+RULE_CASES = [
     ("run", ["m=nan"], "m=nan: allowed: a number > 0"),
     ("run", ["optim.lr=abc"], "optim.lr='abc'"),
     ("run", ["optim.schedule=foo"], "optim.schedule='foo': allowed: one of step, onecycle, none"),
@@ -48,10 +48,6 @@ CASES = [
     ("run", ["trainer=ddp", "trainer.strategy=ddp_spawn"], "trainer.strategy='ddp_spawn'"),
     ("run", ["+trainer.max_epoch=3"], "trainer.max_epoch: unknown key"),
     ("run", ["protocol=margin", "protocol.threshold=2"], "protocol.threshold=2"),
-    ("run", ["dataset=mnist", "dataset.root={tmp}/mnist", "dataset.download=false"],
-     "train-images-idx3-ubyte: 2268 bytes, but its header declares 3 x 28 x 28 items (2368 bytes): truncated"),
-    ("run", ["ckpt={tmp}/notes.ckpt"], "notes.ckpt is not a PyTorch checkpoint"),
-    ("run", ["-m", "trainer=ddp", "m=1,2"], "trainer.devices=2 with -m and hydra/launcher=basic"),
     ("run", ["model.width=0"], "model.width=0"),
     ("run", ["dataset.batch_size=0"], "dataset.batch_size=0"),
     ("run", ["seed=abc"], "seed='abc'"),
@@ -59,43 +55,63 @@ CASES = [
     ("run", ["splitting.fwd_tol=-1"], "splitting.fwd_tol=-1"),
     ("run", ["trainer.limit_train_batches=0"], "trainer.limit_train_batches=0"),
     ("run", ["protocol=margin", "protocol.threshold=0.1", "protocol.n_train=0"], "protocol.n_train=0"),
+    ("bound", ["generalization.delta=2"], "generalization.delta=2: allowed: a number > 0 and < 1"),
+    ("bound", ["m=0"], "m=0"),
+    ("bound", ["generalization.gamma=-1"], "generalization.gamma=-1"),
+    ("bound", ["bound.lower_points=0"], "bound.lower_points=0"),
+    ("bench", ["bench.bounds=[theorem7]"], "bench.bounds=['theorem7']"),
+    ("robustness", ["robustness.n_test=0"], "robustness.n_test=0"),
+    ("robustness", ["certify.lipschitz=[[1,2]]"], "certify.lipschitz=[[1, 2]]"),
+    ("robustness", ["robustness.pgd.steps=0"], "robustness.pgd.steps=0"),
+    ("bench", ["bench.batch=0"], "bench.batch=0: allowed: a whole number >= 1"),
+    ("robustness", ["certify.eps=-0.1"], "certify.eps=-0.1"),
+    ("robustness", ["robustness.methods=[fgsm]"], "robustness.methods=['fgsm']"),
+    ("robustness", ["certify.lipschitz=-1"], "certify.lipschitz=-1"),
+    ("run", ["seed=4294967296"], "seed=4294967296: allowed: a whole number >= 0 and <= 4294967295"),
+]
+
+# The exit path, as a user meets it: one rule per app, and every refusal of a file, a dataset, a sweep,
+# a deletion, an interpolation, a run dir, a solve
+CASES = [
+    ("run", ["m=inf"], "m=inf: allowed: a number > 0"),
+    ("run", ["dataset=mnist", "dataset.root={tmp}/mnist", "dataset.download=false"],
+     "train-images-idx3-ubyte: 2268 bytes, but its header declares 3 x 28 x 28 items (2368 bytes): truncated"),
+    ("run", ["ckpt={tmp}/notes.ckpt"], "notes.ckpt is not a PyTorch checkpoint"),
+    ("run", ["-m", "trainer=ddp", "m=1,2"], "trainer.devices=2 with -m and hydra/launcher=basic"),
     ("run", ["dataset=cifar10", "dataset.root={tmp}/cifar", "dataset.download=false"],
      "cifar-10-batches-py are present but unreadable"),
     # the first training step's solve stops after one iteration: refused, and no checkpoint is left
     ("run", ["splitting.on_nonconvergence=error", "splitting.fwd_max_iter=1"],
      "samples in 1 iterations: relative residual"),
-    ("bound", ["generalization.delta=2"], "generalization.delta=2: allowed: a number > 0 and < 1"),
     ("bound", ["bound.methods=[theorem9]"], "bound.methods=['theorem9']"),
     ("bound", ["ckpt={tmp}/folder.ckpt"], "folder.ckpt is a directory"),
     ("bound", ["ckpt={tmp}/truncated.ckpt"], "truncated.ckpt is truncated or damaged"),
     ("bound", ["ckpt={tmp}/notes.ckpt"], "notes.ckpt is not a PyTorch checkpoint"),
     ("bound", ["ckpt={tmp}/absent.ckpt"], "absent.ckpt does not exist"),
     ("bound", [], "model.ckpt does not exist: train the model first"),
-    ("bound", ["m=0"], "m=0"),
     ("bound", ["ckpt={tmp}/width40.pt", "m=1", "model.width=41"],
      "width40.pt: mon.operator.U.weight has shape [40, 784] in the checkpoint but [41, 784] in the configured "
      "model: set model.width=40 (now 41), as the checkpoint was trained"),
     ("bound", ["ckpt={tmp}/inf.pt", "m=1"], "the checkpoint's Wout.weight holds 10 Inf or NaN values of 400"),
-    ("bound", ["generalization.gamma=-1"], "generalization.gamma=-1"),
-    ("bound", ["bound.lower_points=0"], "bound.lower_points=0"),
-    ("bench", ["bench.bounds=[theorem7]"], "bench.bounds=['theorem7']"),
     ("bench", ["bench.reps=0"], "bench.reps=0"),
-    ("robustness", ["robustness.n_test=0"], "robustness.n_test=0"),
-    ("robustness", ["certify.lipschitz=[[1,2]]"], "certify.lipschitz=[[1, 2]]"),
-    ("robustness", ["robustness.pgd.steps=0"], "robustness.pgd.steps=0"),
-    ("bench", ["bench.batch=0"], "bench.batch=0: allowed: a whole number >= 1"),
-    ("robustness", ["certify.eps=-0.1"], "certify.eps=-0.1"),
     ("robustness", ["certify.rule=loose"], "certify.rule='loose'"),
-    ("robustness", ["robustness.methods=[fgsm]"], "robustness.methods=['fgsm']"),
-    ("robustness", ["certify.lipschitz=-1"], "certify.lipschitz=-1"),
     ("robustness", ["ckpt={tmp}/truncated.ckpt"], "truncated.ckpt is truncated or damaged"),
     # refused by the check of every job before Hydra starts one (src/cli.py Checks)
     ("run", ["~m"], "~m: a key cannot be deleted (every app reads m); set it instead: m=VALUE"),
     ("run", ["m=${nope}"], "m: Interpolation key 'nope' not found"),
-    ("run", ["seed=4294967296"], "seed=4294967296: allowed: a whole number >= 0 and <= 4294967295"),
     ("run", ["hydra.run.dir={tmp}/good.ckpt"], "good.ckpt is a file, not a directory"),
     ("bound", ["hydra.run.dir={tmp}/good.ckpt/run"], "good.ckpt) is a file, not a directory"),
 ]
+
+
+@pytest.mark.parametrize("app,args,needle", RULE_CASES, ids=[f"{a}:{' '.join(x)}" for a, x, _ in RULE_CASES])
+def test_a_bad_value_is_refused_before_any_work(compose, tiny, app, args, needle):
+    from src.cli import check_job
+    from src.errors import ConfigError
+
+    with pytest.raises(ConfigError) as err:
+        check_job(compose([*tiny, "logger=none", *args], config_name="config" if app == "run" else app, hydra=True))
+    assert needle in str(err.value)
 
 
 @pytest.mark.parametrize("app,args,needle", CASES, ids=[f"{a}:{' '.join(x)}" for a, x, _ in CASES])

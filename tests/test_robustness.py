@@ -19,6 +19,7 @@ from src import attack
 from src.certify import rules as certify
 from src.mondeq.networks import MonFCNet
 from src.mondeq.splitting import SolverConfig
+from tests.references import random_search
 
 SHAPE = (1, 4, 4)
 MEAN, STD = [0.5], [0.25]
@@ -204,7 +205,7 @@ def test_certified_points_survive_pgd_and_random_search(request, data, which, ru
     assert not (cert & ~out["robust"]).any(), "PGD fooled a certified point"
     g = torch.Generator().manual_seed(0)
     for k, eps in enumerate(grid):
-        fooled = attack.random_search(model, images, labels, eps, MEAN, STD, samples=50, generator=g)
+        fooled = random_search(model, images, labels, eps, MEAN, STD, samples=50, generator=g)
         assert not (cert[k] & fooled).any(), "random search fooled a certified point"
     # the ordering certified <= PGD <= clean, per radius
     certified = cert.double().mean(1).tolist()

@@ -12,16 +12,14 @@ biases ignored (they do not change the Lipschitz constant), ReLU treated as
   iteration through autograd; each factor converges to the layer norm from
   below, so AutoLip equals `naive` up to that accuracy for Linear layers and
   is at most `naive` for convolutions.
-- `seqlip_greedy` / `seqlip_exact` (Virmaux & Scaman 2018): the SeqLip
-  product over consecutive layer pairs, with the max over activation
-  patterns chosen greedily or enumerated exactly.
-- `lipsdp` (Fazlyab et al. 2019): in `lipsdp.py`, re-exported here.
-- `jacobian_lower`: the empirical lower bound, max of the Jacobian spectral
-  norm over given or random points.
+- `seqlip_greedy` (Virmaux & Scaman 2018): the SeqLip product over
+  consecutive layer pairs, with the max over activation patterns chosen
+  greedily (tests/references.py enumerates it exactly, for small nets).
+
+LipSDP is in `lipsdp.py`; the empirical lower bound in `lower.py`.
 """
 from __future__ import annotations
 
-import itertools
 import math
 import time
 from dataclasses import dataclass
@@ -31,10 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .lipsdp import lipsdp  # noqa: F401  (re-export)
-
-__all__ = ["naive", "autolip", "seqlip_greedy", "seqlip_exact", "lipsdp", "jacobian_lower",
-           "linear_maps", "conv_fft_norm", "power_iteration", "top_singular"]
+__all__ = ["naive", "autolip", "seqlip_greedy", "linear_maps", "conv_fft_norm", "power_iteration", "top_singular"]
 
 DTYPE = torch.float64
 
@@ -387,26 +382,6 @@ def greedy_pattern(a: np.ndarray, b: np.ndarray, max_sweeps: int = 11, exact: bo
     return {"value": _norm2(m), "sigma": sigma, "sweeps": sweeps, "flips": flips, "exact_norm": exact}
 
 
-def brute_force_pattern(a: np.ndarray, b: np.ndarray, max_units: int = 20) -> dict:
-    """Exact max over sigma in {0,1}^n of ||a diag(sigma) b||_2 by enumeration (n <= max_units)."""
-    n = a.shape[1]
-    if n > max_units:
-        raise ValueError(f"{n} units: 2^{n} patterns is too many to enumerate (max_units={max_units})")
-    at, bt = torch.from_numpy(a), torch.from_numpy(b)
-    best, best_sigma = -1.0, None
-    patterns = itertools.product((0.0, 1.0), repeat=n)
-    while True:
-        chunk = list(itertools.islice(patterns, 4096))
-        if not chunk:
-            break
-        sig = torch.tensor(chunk, dtype=DTYPE)
-        vals = torch.linalg.matrix_norm(at[None] * sig[:, None, :] @ bt[None], ord=2)
-        j = int(vals.argmax())
-        if float(vals[j]) > best:
-            best, best_sigma = float(vals[j]), sig[j].numpy().astype(bool)
-    return {"value": best, "sigma": best_sigma}
-
-
 def _seqlip(model, in_shape, n_sv, pair_fn, name, guaranteed, seed) -> dict:
     start = time.perf_counter()
     maps = linear_maps(model, in_shape)
@@ -446,50 +421,3 @@ def seqlip_greedy(model: nn.Module, in_shape: Sequence[int] | None = None, n_sv:
     out = _seqlip(model, in_shape, n_sv, lambda a, b: greedy_pattern(a, b, max_sweeps), "seqlip_greedy",
                   False, seed)
     return out
-
-
-def seqlip_exact(model: nn.Module, in_shape: Sequence[int] | None = None, max_units: int = 20,
-                 seed: int = 0) -> dict:
-    """SeqLip with the max over activation patterns enumerated exactly (hidden widths <= max_units).
-
-    With exact SVDs (no truncation) this is a guaranteed upper bound on the
-    Lipschitz constant; `guaranteed` says whether that holds.
-    """
-    maps = linear_maps(model, in_shape)
-    wide = [f.n_out for f in maps[:-1] if f.n_out > max_units]
-    if wide:
-        raise ValueError(f"hidden layers of {wide} units: exact SeqLip enumerates 2^n patterns "
-                         f"(max_units={max_units})")
-    n_sv = max(max(f.n_in, f.n_out) for f in maps)
-    return _seqlip(model, in_shape, n_sv, lambda a, b: brute_force_pattern(a, b, max_units), "seqlip_exact",
-                   True, seed)
-
-
-def jacobian_lower(model: nn.Module, in_shape: Sequence[int] | None = None, x: torch.Tensor | None = None,
-                   n: int = 1000, seed: int = 0, batch: int = 256) -> dict:
-    """Empirical lower bound: max over points of the Jacobian spectral norm of the logits (float64).
-
-    Points: `x` if given, else `n` standard normal points of shape in_shape.
-    """
-    start = time.perf_counter()
-    if in_shape is None:
-        in_shape = getattr(model, "in_shape", None)
-    if x is None:
-        if in_shape is None:
-            raise ValueError("give in_shape or points x")
-        x = torch.randn(n, *in_shape, generator=torch.Generator().manual_seed(seed), dtype=DTYPE)
-    import copy
-    net = copy.deepcopy(model).to(DTYPE).eval()
-    for p in net.parameters():
-        p.requires_grad_(False)
-    jac = torch.func.vmap(torch.func.jacrev(lambda z: net(z[None])[0]))
-    best, arg = 0.0, -1
-    for i in range(0, x.shape[0], batch):
-        xb = x[i:i + batch].to(DTYPE)
-        j = jac(xb).reshape(xb.shape[0], -1, xb[0].numel())
-        vals = torch.linalg.matrix_norm(j, ord=2)
-        k = int(vals.argmax())
-        if float(vals[k]) > best:
-            best, arg = float(vals[k]), i + k
-    return {"method": "jacobian_lower", "value": best, "argmax": arg, "n": int(x.shape[0]),
-            "seconds": time.perf_counter() - start}
