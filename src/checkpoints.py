@@ -214,7 +214,8 @@ def check_recorded(path: Path, hparams: Mapping, cfg) -> None:
 
     from .models import MONDEQ_MODELS
     from .provenance import describe, differing
-    from .schema import RUN, values
+    from .keys import RUN
+    from .schema import values
 
     mondeq = cfg.model.name in MONDEQ_MODELS
     now = values(OmegaConf.to_container(cfg, resolve=True), RUN, mondeq=mondeq, of_checkpoint=True)
@@ -267,7 +268,7 @@ def setting_that_fits(cfg, err: CheckpointShapeError) -> str:
     from .models import MODELS, build_model
 
     model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
-    settings = {f"model.{k}": model_cfg.get(k) for k in sorted(MODELS[cfg.model.name].fields - {"anderson"})}
+    settings = {f"model.{k}": model_cfg.get(k) for k in sorted(MODELS[cfg.model.name].fields)}
     settings["dataset.num_classes"] = int(cfg.dataset.num_classes)
     changes = [(b, s) for b, s in zip(err.built, err.saved) if b != s]
     for key, now in settings.items():

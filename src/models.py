@@ -1,7 +1,8 @@
 """Every network of the project, declared once (MODELS), and one way to build it from plain config values.
 
-A new model is a network class, one line in MODELS (its config fields, whether it is a monDEQ, the
-bound the paper certifies it with) and its conf/model/<name>.yaml; the schema reads the names from here.
+A new model is a network class, one line in MODELS (its config fields and their rules, whether it is a
+monDEQ, the bound the paper certifies it with) and its conf/model/<name>.yaml; the schema reads the
+names and the rules from here.
 """
 from __future__ import annotations
 
@@ -10,27 +11,37 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from .baselines import CNN, DNN
+from .baselines import CNN, CNN_SIZES, DNN
+from .errors import ConfigError
+from .keys import ANDERSON, POS_INT, POSITIVE, Rule, checked, choice, listed, number, one_of
 from .mondeq.networks import MonConvNet, MonFCNet, MonMultiConvNet
 from .mondeq.splitting import SolverConfig
+
 
 @dataclass(frozen=True)
 class ModelKind:
     network: type
-    fields: frozenset[str]     # its keys under model. (besides name)
+    fields: Mapping[str, Rule]  # its keys under model. (besides name), passed to `network` by name
     mondeq: bool               # takes m and the splitting settings
     certify_with: str          # certify.bound=auto: the paper's bound for this family (src/bounds/registry.py)
     local_global: str | None = None  # certify.bound=local: the global constants beside the local radii
 
+    @property
+    def keys(self) -> dict[str, Rule]:
+        """Every key under model. (besides name): a monDEQ's also names its family's default
+        splitting.anderson (conf/model/), which reaches the solver through the splitting config."""
+        return {**self.fields, **({"anderson": ANDERSON} if self.mondeq else {})}
+
 
 MODELS: dict[str, ModelKind] = {
-    # anderson: the family's default splitting.anderson (conf/model/), which reaches the solver there
-    "mon_fc": ModelKind(MonFCNet, frozenset({"width", "anderson"}), True, "theorem1", "sdp_pairwise"),
-    "mon_conv": ModelKind(MonConvNet, frozenset({"channels", "anderson"}), True, "theorem1", "theorem1_pooled"),
-    "mon_multiconv": ModelKind(MonMultiConvNet, frozenset({"channels", "anderson"}), True, "theorem1",
-                               "theorem1_pooled"),
-    "dnn": ModelKind(DNN, frozenset({"depth", "width"}), False, "lipsdp_neuron"),
-    "cnn": ModelKind(CNN, frozenset({"depth", "size"}), False, "seqlip_greedy"),
+    "mon_fc": ModelKind(MonFCNet, {"width": POS_INT}, True, "theorem1", "sdp_pairwise"),
+    "mon_conv": ModelKind(MonConvNet, {"channels": POS_INT}, True, "theorem1", "theorem1_pooled"),
+    "mon_multiconv": ModelKind(MonMultiConvNet, {"channels": listed(POS_INT, what="a list (one per tier)")}, True,
+                               "theorem1", "theorem1_pooled"),
+    "dnn": ModelKind(DNN, {"depth": POS_INT, "width": POS_INT}, False, "lipsdp_neuron"),
+    # exactly one of depth (3x3 convolutions) and size (the paper's CIFAR models): CNN checks it
+    "cnn": ModelKind(CNN, {"depth": number(1, integer=True, null=True), "size": choice(*CNN_SIZES, null=True)},
+                     False, "seqlip_greedy"),
 }
 MONDEQ_MODELS = frozenset(name for name, kind in MODELS.items() if kind.mondeq)
 
@@ -40,39 +51,31 @@ def name_of(model: nn.Module) -> str:
     return next(name for name, kind in MODELS.items() if type(model) is kind.network)
 
 
-def _positive_int(name: str, key: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"model {name}: {key} must be a positive integer, got {value!r}")
-    return value
+def model_keys(name: str, given) -> dict[str, Rule]:
+    """The rules of model `name`'s keys; ConfigError for a key it does not have or a field it lacks."""
+    keys = MODELS[name].keys
+    unknown = sorted(set(given) - set(keys) - {"name"})
+    if unknown:
+        raise ConfigError(f"model.{unknown[0]}: not a key of model {name}; its keys: {', '.join(keys)}")
+    missing = [k for k in MODELS[name].fields if k not in given]
+    if missing:
+        raise ConfigError(f"model {name} needs model.{missing[0]}; its keys: {', '.join(keys)}")
+    return keys
 
 
 def build_model(model_cfg: Mapping, m: float | None, splitting_cfg: Mapping | None,
                 in_shape, num_classes: int) -> nn.Module:
-    """Build the classifier `model_cfg.name` for inputs of shape `in_shape` (C, H, W).
+    """Build the classifier `model_cfg.name` for inputs of shape `in_shape` (C, H, W), its keys checked by
+    the rules declared in MODELS.
 
     monDEQs take the strong-monotonicity parameter `m` (> 0) and the
     splitting settings; the baselines ignore both.
     """
-    name = model_cfg.get("name")
-    if name not in MODELS:
-        raise ValueError(f"unknown model {name!r}; choose one of {sorted(MODELS)}")
-    params = {k: v for k, v in model_cfg.items() if k != "name"}
-    unknown = set(params) - MODELS[name].fields
-    if unknown:
-        raise ValueError(f"model {name}: unknown keys {sorted(unknown)}; known: {sorted(MODELS[name].fields)}")
+    name = checked("model.name", one_of(MODELS), model_cfg.get("name"))
+    kind, rules = MODELS[name], model_keys(name, model_cfg)
+    fields = {k: checked(f"model.{k}", rules[k], model_cfg[k]) for k in kind.fields}
     in_shape = tuple(int(s) for s in in_shape)
-    if name == "dnn":
-        return DNN(in_shape, num_classes, _positive_int(name, "depth", params["depth"]),
-                   _positive_int(name, "width", params["width"]))
-    if name == "cnn":
-        return CNN(in_shape, num_classes, depth=params.get("depth"), size=params.get("size"))
-    if m is None or not float(m) > 0:
-        raise ValueError(f"model {name}: m (strong monotonicity) must be > 0, got {m!r}")
-    solver = SolverConfig.from_mapping(splitting_cfg or {})
-    if name == "mon_fc":
-        size = _positive_int(name, "width", params["width"])
-    elif name == "mon_conv":
-        size = _positive_int(name, "channels", params["channels"])
-    else:
-        size = [_positive_int(name, "channels", c) for c in params["channels"]]
-    return MODELS[name].network(in_shape, num_classes, size, float(m), solver)
+    if not kind.mondeq:
+        return kind.network(in_shape, num_classes, **fields)
+    return kind.network(in_shape, num_classes, **fields, m=checked("m", POSITIVE, m),
+                        solver=SolverConfig.from_mapping(splitting_cfg or {}))

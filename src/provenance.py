@@ -110,10 +110,15 @@ def _deep_update(into: dict, more: Mapping) -> None:
 
 
 def bound_settings(cfg, entry: str = "") -> dict:
-    """The settings of the bounds.json entry `entry`: the generalization entry's keys count for it only."""
-    from .schema import BOUNDS, GENERALIZATION
+    """The settings of the bounds.json entry `entry`: the generalization entry's keys count for it only, and a
+    bound method's own keys (bound.<key>, src/bounds/registry.py) for that method only."""
+    from .bounds.registry import METHODS
+    from .keys import BOUNDS, GENERALIZATION
 
-    return settings(cfg, BOUNDS, (GENERALIZATION,) if entry == "generalization" else ())
+    found = settings(cfg, BOUNDS, (GENERALIZATION,) if entry == "generalization" else ())
+    own = METHODS[entry].keys if entry in METHODS else {}
+    kept = {key: value for key, value in found.pop("bound", {}).items() if key in own}
+    return {**found, "bound": kept} if kept else found
 
 
 def why_not_same(now: Mapping, before: Mapping) -> str | None:

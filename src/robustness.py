@@ -42,9 +42,10 @@ from omegaconf import DictConfig, OmegaConf
 from . import attack, files, loggers, provenance, summary
 from .certify import audit, exact_model, rules as certify
 from .errors import SolverError, UnsoundCertificateError
-from .schema import ROBUSTNESS, is_lipschitz_value
 from .evaluation import convergence, logits_of, pick_device, reset_convergence, warn_unconverged
+from .keys import ROBUSTNESS
 from .models import MODELS
+from .schema import is_lipschitz_value
 
 log = logging.getLogger(__name__)
 

@@ -16,158 +16,20 @@ Lightning's to check (`+trainer.KEY=VALUE`).  Hydra's own keys are not ours.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from dataclasses import dataclass
 from fnmatch import fnmatchcase
 
-from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import InterpolationResolutionError
 
-from .bounds.registry import LOCAL_METHODS, METHODS as BOUND_METHODS, select_methods
+from .bounds.registry import LOCAL_METHODS, METHOD_KEYS, METHODS as BOUND_METHODS, select_methods
 from .certify.rules import RULES as CERTIFY_RULES
 from .data import DATASETS
 from .errors import ConfigError
-from .models import MODELS
-from .mondeq.splitting import SPLITTING_METHODS
-
-
-class Invalid(ValueError):
-    """What a value must be (the rule's half of the message)."""
-
-
-@dataclass(frozen=True)
-class Rule:
-    cast: Callable[[object], object]  # returns the checked value or raises Invalid
-
-
-# The results a key can change: one per app that writes them.
-RUN = "run"                        # src.run: the trained weights, metrics.json
-BOUNDS = "bounds"                  # src.bound: the Lipschitz bounds of a checkpoint
-GENERALIZATION = "generalization"  # src.bound: the generalization bound of a checkpoint
-ROBUSTNESS = "robustness"          # src.robustness: the curves of a checkpoint
-EVERY = frozenset({RUN, BOUNDS, GENERALIZATION, ROBUSTNESS})
-# Says where or how fast (paths, devices, batch sizes of evaluation, logging), or which entries an
-# app makes (each entry carries what identifies it): two values never give two different numbers.
-NOTHING = frozenset()
-
-
-@dataclass(frozen=True)
-class Key:
-    """A config key's rule and the results it changes: the one declaration a key has."""
-    rule: Rule
-    changes: frozenset[str]
-    of_checkpoint: bool = False  # what a checkpoint is of (model, m, data): one recording another is refused
-    mondeq_only: bool = False    # means nothing to a feed-forward network: left out of its results' settings
-
-    def __init__(self, rule: Rule, changes, *, of_checkpoint: bool = False, mondeq_only: bool = False):
-        unknown = set(changes) - EVERY
-        if unknown:
-            raise ValueError(f"Key.changes: {sorted(unknown)}; allowed: {sorted(EVERY)}")
-        object.__setattr__(self, "rule", rule)
-        object.__setattr__(self, "changes", frozenset(changes))
-        object.__setattr__(self, "of_checkpoint", of_checkpoint)
-        object.__setattr__(self, "mondeq_only", mondeq_only)
-
-
-def _is_number(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
-
-
-def number(lo=None, hi=None, *, lo_open=False, hi_open=False, integer=False, null=False) -> Rule:
-    kind = "a whole number" if integer else "a number"
-    bounds = []
-    if lo is not None:
-        bounds.append(f"{'>' if lo_open else '>='} {lo if isinstance(lo, int) else f'{lo:g}'}")
-    if hi is not None:
-        bounds.append(f"{'<' if hi_open else '<='} {hi if isinstance(hi, int) else f'{hi:g}'}")
-    allowed = kind + (" " + " and ".join(bounds) if bounds else "") + (", or null" if null else "")
-
-    def cast(v):
-        if v is None and null:
-            return None
-        if not _is_number(v) or not math.isfinite(v) or (integer and not float(v).is_integer()):
-            raise Invalid(allowed)
-        if (lo is not None and (v <= lo if lo_open else v < lo)) or (hi is not None and (v >= hi if hi_open else v > hi)):
-            raise Invalid(allowed)
-        return int(v) if integer else float(v)
-    return Rule(cast)
-
-
-def boolean(null=False) -> Rule:
-    def cast(v):
-        if v is None and null:
-            return None
-        if not isinstance(v, bool):
-            raise Invalid("true or false" + (", or null" if null else ""))
-        return v
-    return Rule(cast)
-
-
-def choice(*options, null=False) -> Rule:
-    allowed = "one of " + ", ".join(str(o) for o in options) + (", or null" if null else "")
-
-    def cast(v):
-        if v is None and null:
-            return None
-        for o in options:
-            if v == o and type(v) is type(o):
-                return v
-        raise Invalid(allowed)
-    return Rule(cast)
-
-
-def text(null=False) -> Rule:
-    def cast(v):
-        if v is None and null:
-            return None
-        if not isinstance(v, str) or not v:
-            raise Invalid("a non-empty string" + (", or null" if null else ""))
-        return v
-    return Rule(cast)
-
-
-def listed(item: Rule, *, min_len=1, length=None, null=False, what="") -> Rule:
-    """A list of `item`s; a bare item is a list of one."""
-    def cast(v):
-        if v is None and null:
-            return None
-        values = list(v) if isinstance(v, (list, tuple, ListConfig)) else [v]
-        try:
-            out = [item.cast(x) for x in values]
-        except Invalid as err:
-            raise Invalid(f"{what or 'a list'} of {err}") from None
-        if len(out) < min_len or (length is not None and len(out) != length):
-            n = f"{length}" if length is not None else f"at least {min_len}"
-            raise Invalid(f"{what or 'a list'} of {n} value(s)")
-        return out
-    return Rule(cast)
-
-
-def anything() -> Rule:
-    return Rule(lambda v: v)
-
-
-POSITIVE = number(0, lo_open=True)
-POS_INT = number(1, integer=True)
-NONNEG_INT = number(0, integer=True)
-SEED = number(0, 2**32 - 1, integer=True)  # numpy's (and so Lightning's) seeds are 32-bit
-UNIT_OPEN = number(0, 1, lo_open=True, hi_open=True)
-# radii: >= 0, and far below any overflow of eps / std (an l2 radius past the image box's diameter,
-# 28 for MNIST and 55 for CIFAR-10 pixels, covers every image there is)
-EPS = number(0, 1e3)
-ANDERSON = Rule(lambda v: int(v) if _is_count(v, lo=0) and v != 1 else _fail("0 (off) or a history size >= 2"))
-DEVICE = Rule(lambda v: v if isinstance(v, str) and (v in ("auto", "cpu") or v.startswith("cuda"))
-              else _fail("auto, cpu or cuda[:N]"))
-# 16-mixed / bf16-mixed would run the equilibrium solve in half precision: refused, not silently degraded
-PRECISIONS = ("32-true", "32", 32)
-LIMIT = Rule(lambda v: _limit(v))
-
-
-def _limit(v):
-    """Lightning's limit_*_batches: a fraction in (0, 1] or a whole number of batches >= 1."""
-    if _is_number(v) and math.isfinite(v) and ((isinstance(v, float) and 0 < v <= 1) or (isinstance(v, int) and v >= 1)):
-        return v
-    raise Invalid("a fraction in (0, 1] or a whole number of batches >= 1")
+from .keys import (ANDERSON, DEVICE, EPS, EVERY, GENERALIZATION, LIMIT, NONNEG_INT, NOTHING, POS_INT,
+                   POSITIVE, PRECISIONS, ROBUSTNESS, RUN, SEED, UNIT_OPEN, Invalid, Key, Rule, anything, boolean,
+                   choice, fail, is_count, is_number, listed, number, one_of, show, text)
+from .models import MODELS, model_keys
+from .mondeq.splitting import SPLITTING_KEYS
 
 
 KEYS: dict[str, Key] = {
@@ -183,7 +45,7 @@ KEYS: dict[str, Key] = {
     "optim.gamma": Key(number(0, 1, lo_open=True), {RUN}),
     "optim.epochs": Key(POS_INT, {RUN}),
     # dataset
-    "dataset.name": Key(choice(*DATASETS), EVERY, of_checkpoint=True),
+    "dataset.name": Key(one_of(DATASETS), EVERY, of_checkpoint=True),
     "dataset.root": Key(text(null=True), NOTHING),
     "dataset.system_dir": Key(text(null=True), NOTHING),
     "dataset.download": Key(boolean(), NOTHING),
@@ -199,34 +61,19 @@ KEYS: dict[str, Key] = {
     # synthetic images are made in memory: 10^6 of MNIST size are 0.8 GB
     "dataset.n_train": Key(number(1, 10 ** 6, integer=True), EVERY, of_checkpoint=True),
     "dataset.n_test": Key(number(1, 10 ** 6, integer=True), EVERY),
-    # model (the fields per model name are build_model's to check)
-    "model.name": Key(choice(*MODELS), EVERY, of_checkpoint=True),
-    "model.width": Key(POS_INT, EVERY, of_checkpoint=True),
-    "model.depth": Key(number(1, integer=True, null=True), EVERY, of_checkpoint=True),
-    "model.size": Key(choice("sm", "med", "lg", null=True), EVERY, of_checkpoint=True),
-    # mon_conv: one count; mon_multiconv: one per tier (build_model checks which)
-    "model.anderson": Key(ANDERSON, EVERY, of_checkpoint=True),
-    "model.channels": Key(Rule(lambda v: v if (_is_count(v) or (isinstance(v, list) and v and all(map(_is_count, v))))
-                           else _fail("a whole number >= 1 or a non-empty list of them")), EVERY, of_checkpoint=True),
+    # model: its name, then the keys of that model, by the rules declared with it in src/models.py
+    "model.name": Key(one_of(MODELS), EVERY, of_checkpoint=True),
+    "model.*": Key(anything(), EVERY, of_checkpoint=True),
     # splitting
-    "splitting.name": Key(choice(*SPLITTING_METHODS), EVERY, mondeq_only=True),
-    "splitting.alpha": Key(POSITIVE, EVERY, mondeq_only=True),
-    "splitting.fwd_tol": Key(POSITIVE, EVERY, mondeq_only=True),
-    "splitting.bwd_tol": Key(POSITIVE, EVERY, mondeq_only=True),
-    "splitting.fwd_max_iter": Key(POS_INT, EVERY, mondeq_only=True),
-    "splitting.bwd_max_iter": Key(POS_INT, EVERY, mondeq_only=True),
-    "splitting.check_every": Key(POS_INT, EVERY, mondeq_only=True),
-    "splitting.tune_alpha": Key(boolean(), EVERY, mondeq_only=True),
-    "splitting.anderson": Key(ANDERSON, EVERY, mondeq_only=True),
-    "splitting.on_nonconvergence": Key(choice("warn", "error"), NOTHING),
+    **{f"splitting.{key}": declared for key, declared in SPLITTING_KEYS.items()},
     # protocol
     "protocol.name": Key(choice("standard", "margin"), {RUN}),
     "protocol.n_train": Key(number(1, integer=True, null=True), {RUN}),
     "protocol.threshold": Key(number(0, 1, null=True), {RUN}),  # 0: never reached (train the cap)
     # trainer (more keys are Lightning's)
     "trainer.accelerator": Key(choice("auto", "cpu", "gpu", "cuda", "mps"), NOTHING),
-    "trainer.devices": Key(Rule(lambda v: v if (v == "auto" or _is_count(v) or (isinstance(v, list) and v and all(
-        _is_count(d, lo=0) for d in v))) else _fail("auto, a count >= 1 or a list of device ids")), {RUN}),
+    "trainer.devices": Key(Rule(lambda v: v if (v == "auto" or is_count(v) or (isinstance(v, list) and v and all(
+        is_count(d, lo=0) for d in v))) else fail("auto, a count >= 1 or a list of device ids")), {RUN}),
     # ddp_spawn is not among them: its processes' test counts would not reach the process that writes metrics.json
     "trainer.strategy": Key(choice("auto", "ddp", "ddp_find_unused_parameters_true"), NOTHING),
     "trainer.num_nodes": Key(POS_INT, {RUN}),
@@ -251,13 +98,9 @@ KEYS: dict[str, Key] = {
     "logger.entity": Key(text(null=True), NOTHING),
     "logger.mode": Key(choice("online", "offline", "disabled", null=True), NOTHING),
     # bound.yaml
-    "bound.methods": Key(listed(choice(*BOUND_METHODS), null=True, what="null (every method that applies) or a list"), NOTHING),
+    "bound.methods": Key(listed(one_of(BOUND_METHODS), null=True, what="null (every method that applies) or a list"), NOTHING),
     "bound.test_error": Key(boolean(), NOTHING),
-    "bound.lower_points": Key(POS_INT, {BOUNDS}),
-    "bound.ascent_steps": Key(NONNEG_INT, {BOUNDS}),
-    "bound.unrolled_alphas": Key(listed(POSITIVE, what="a list"), {BOUNDS}),
-    "bound.unrolled_tol": Key(POSITIVE, {BOUNDS}),
-    "bound.unrolled_batch": Key(POS_INT, {BOUNDS}),
+    **{f"bound.{key}": declared for key, declared in METHOD_KEYS.items()},  # with their methods (registry.py)
     "bound.accept_poor_model": Key(boolean(), NOTHING),
     "generalization.enabled": Key(boolean(), NOTHING),
     "generalization.M": Key(number(1, integer=True, null=True), {GENERALIZATION}),
@@ -286,12 +129,12 @@ KEYS: dict[str, Key] = {
     "robustness.audit.restarts": Key(POS_INT, {ROBUSTNESS}),
     "robustness.grids.*.*": Key(listed(EPS, what="a list of radii"), NOTHING),
     "certify.bound": Key(listed(choice("auto", *BOUND_METHODS, "local"), what="auto, a bound method, local, or a list of them"), NOTHING),
-    "certify.local.method": Key(choice(*LOCAL_METHODS), {ROBUSTNESS}),
+    "certify.local.method": Key(one_of(LOCAL_METHODS), {ROBUSTNESS}),
     # 2^n vertex solves per input: at 14 one input's batch of solves is ~120 MB
     "certify.local.max_unstable": Key(number(0, 14, integer=True), {ROBUSTNESS}),
     "certify.local.refine": Key(NONNEG_INT, {ROBUSTNESS}),
     "certify.local.steps": Key(POS_INT, {ROBUSTNESS}),
-    "certify.rule": Key(listed(choice(*CERTIFY_RULES), what="a list"), NOTHING),
+    "certify.rule": Key(listed(one_of(CERTIFY_RULES), what="a list"), NOTHING),
     "certify.lipschitz": Key(anything(), {ROBUSTNESS}),  # checked in _cross: a number > 0 or a classes x classes matrix
     "certify.eps": Key(listed(EPS, null=True, what="null (the dataset's grid) or a list of radii"), NOTHING),
     # bench.yaml
@@ -300,20 +143,12 @@ KEYS: dict[str, Key] = {
     "bench.warmup": Key(NONNEG_INT, NOTHING),
     "bench.device": Key(DEVICE, NOTHING),
     "bench.threads": Key(number(1, integer=True, null=True), NOTHING),
-    "bench.bounds": Key(listed(choice(*BOUND_METHODS), min_len=0, what="a list"), NOTHING),
-    "bench.local": Key(listed(choice(*LOCAL_METHODS), min_len=0, what="a list"), NOTHING),
+    "bench.bounds": Key(listed(one_of(BOUND_METHODS), min_len=0, what="a list"), NOTHING),
+    "bench.local": Key(listed(one_of(LOCAL_METHODS), min_len=0, what="a list"), NOTHING),
     "bench.local_eps": Key(listed(EPS, what="a list of radii"), NOTHING),
     "bench.anderson": Key(listed(ANDERSON, min_len=0, what="a list"), NOTHING),
     "bench.images": Key(POS_INT, NOTHING),
 }
-
-
-def _fail(allowed: str):
-    raise Invalid(allowed)
-
-
-def _is_count(v, lo: int = 1) -> bool:
-    return _is_number(v) and math.isfinite(v) and float(v).is_integer() and v >= lo
 
 
 # Lightning's own keyword arguments beyond those declared above (`+trainer.KEY=VALUE`): Lightning checks
@@ -410,6 +245,8 @@ def _cross(cfg: DictConfig) -> None:
     if protocol is not None and protocol.get("name") == "margin" and protocol.get("threshold") is None:
         raise ConfigError("protocol=margin needs protocol.threshold (the margin error to reach, in [0, 1])")
     model = cfg.get("model")
+    if model is not None:
+        model_keys(model.name, model)  # a field the model lacks (those it has are checked with their rules)
     for key, requested in (("bound.methods", OmegaConf.select(cfg, "bound.methods")),
                            ("certify.bound", OmegaConf.select(cfg, "certify.bound"))):
         named = [m for m in requested or () if m in BOUND_METHODS]  # certify.bound: auto and local are no bound
@@ -428,7 +265,7 @@ def _cross(cfg: DictConfig) -> None:
 def is_lipschitz_value(plain, classes, failed_pairs: bool = False) -> bool:
     """A Lipschitz constant a certificate can rest on: a finite number > 0, or a classes x classes matrix,
     symmetric and finite, > 0 off the diagonal (None there too with `failed_pairs`: an SDP pair that failed)."""
-    if _is_number(plain):
+    if is_number(plain):
         return math.isfinite(plain) and plain > 0
     square = (isinstance(plain, list) and len(plain) == (classes or len(plain)) and len(plain) >= 2
               and all(isinstance(r, list) and len(r) == len(plain) for r in plain))
@@ -437,7 +274,7 @@ def is_lipschitz_value(plain, classes, failed_pairs: bool = False) -> bool:
         v = plain[i][j]
         if v is None:
             return failed_pairs and i != j and plain[j][i] is None
-        return _is_number(v) and math.isfinite(v) and v == plain[j][i] and (i == j or v > 0)
+        return is_number(v) and math.isfinite(v) and v == plain[j][i] and (i == j or v > 0)
     return square and all(entry_ok(i, j) for i in range(len(plain)) for j in range(len(plain)))
 
 
@@ -453,6 +290,13 @@ def _check_given_lipschitz(plain, classes, bounds) -> None:
                           "class-pair constants it computes: give one of them, not both")
 
 
+def _model_key(cfg: DictConfig, key: str) -> Rule:
+    """The rule of `key` (model.<field>) for the model cfg.model.name names (anything while the name is
+    not a model's: its own rule refuses it)."""
+    name = cfg.model.get("name")
+    return model_keys(name, cfg.model)[key[len("model."):]] if name in MODELS else anything()
+
+
 def check(cfg: DictConfig) -> None:
     """Check and normalise every key of `cfg` in place; raises ConfigError naming the first bad key."""
     updates = []
@@ -464,12 +308,12 @@ def check(cfg: DictConfig) -> None:
         declared = declaration(key)
         if declared is None:
             raise ConfigError(f"{key}: unknown key (no app reads it)")
-        rule = declared.rule
+        rule = _model_key(cfg, key) if declared is KEYS["model.*"] else declared.rule
         plain = OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
         try:
             checked = rule.cast(plain)
         except Invalid as err:
-            raise ConfigError(f"{key}={_show(plain)}: allowed: {err}") from None
+            raise ConfigError(f"{key}={show(plain)}: allowed: {err}") from None
         if checked is not plain and checked != plain or type(checked) is not type(plain):
             updates.append((key, checked))
     with open_dict(cfg):
@@ -477,6 +321,3 @@ def check(cfg: DictConfig) -> None:
             OmegaConf.update(cfg, key, value, merge=False)
     _cross(cfg)
 
-
-def _show(value) -> str:
-    return repr(value) if isinstance(value, str) else str(value)

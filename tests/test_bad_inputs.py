@@ -68,6 +68,14 @@ RULE_CASES = [
     ("robustness", ["robustness.methods=[fgsm]"], "robustness.methods=['fgsm']"),
     ("robustness", ["certify.lipschitz=-1"], "certify.lipschitz=-1"),
     ("run", ["seed=4294967296"], "seed=4294967296: allowed: a whole number >= 0 and <= 4294967295"),
+    # a model's keys by the rules declared with it (src/models.py)
+    ("run", ["model=mon_conv", "model.channels=[2,3]"], "model.channels=[2, 3]: allowed: a whole number >= 1"),
+    ("run", ["model=mon_multiconv", "model.channels=[4,0]"], "model.channels=[4, 0]: allowed: a list (one per tier) "
+                                                              "of a whole number >= 1"),
+    ("run", ["model=mon_fc", "+model.channels=3"], "model.channels: not a key of model mon_fc; its keys: width, "
+                                                   "anderson"),
+    ("run", ["model=cnn", "model.size=xl"], "model.size='xl': allowed: one of sm, med, lg, or null"),
+    ("run", ["splitting.name=broyden"], "splitting.name='broyden': allowed: one of fb, pr"),
 ]
 
 # The exit path, as a user meets it: one rule per app, and every refusal of a file, a dataset, a sweep,

@@ -97,7 +97,7 @@ def test_conv_mondeq_jacobian_matches_dense_implicit_formula():
         v = z @ W.T + op.input_term(net.prepare(x))
     ref = []
     for i in range(len(x)):
-        D = torch.diag(((v[i] > 0).double()) * op.active_mask)
+        D = torch.diag(((v[i] > 0).double()) * op.border_mask())
         J = net.Wout.weight.detach() @ R @ torch.linalg.solve(torch.eye(n, dtype=torch.float64) - D @ W, D @ U @ E)
         ref.append(torch.linalg.matrix_norm(J, ord=2))
     with lower._tight_solver(net):

@@ -267,13 +267,13 @@ def test_unrolled_network_reproduces_the_solver_and_its_bound(method, alpha):
     with torch.no_grad():
         bias = op.input_term(net.prepare(x))
         res = SPLITTING_METHODS[method].resolvent(op, alpha)
-        fp = SPLITTING_METHODS[method].forward_map(op, bias, alpha, res)
+        fp = SPLITTING_METHODS[method].forward_map(op, net.mon.nonlinearity, bias, alpha, res)
         _, stats = solve(fp, 0.0, k, 1, 0, lambda i: None)
         _, prev = solve(fp, 0.0, k - 1, 1, 0, lambda i: None)
         state = fp.start
         for _ in range(k):
             state, _ = fp.step(state, False)
-        z_k = op.nonlinearity(state)  # the k-th iterate (PR: its reflected variable) as a layer output
+        z_k = net.mon.nonlinearity(state)  # the k-th iterate (PR: its reflected variable) as a layer output
     assert stats.residual <= 1e-3 < prev.residual  # k is the first iteration within tol
     layers = unrolled.unrolled_layers(W, U, Wo, method, alpha, b)
     out = run_unrolled(layers, net.prepare(x).numpy(), k)

@@ -115,7 +115,7 @@ def test_original_multi_tier_state_dict_loads_and_matches_independent_forward():
                   sd["mon.linear_module.U.bias"])
     b = torch.cat([b0.flatten(1), torch.zeros(3, 3 * 6 * 6 + 2 * 4 * 4, dtype=torch.float64)], 1)
     with torch.no_grad():
-        z = fixed_point(lambda z: ref_multiply(op, z), b, op.active_mask, 0.05, 3000)
+        z = fixed_point(lambda z: ref_multiply(op, z), b, op.border_mask(), 0.05, 3000)
         want = z[:, -2 * 4 * 4:] @ sd["Wout.weight"].T + sd["Wout.bias"]
         got = net(x)
     assert torch.allclose(got, want, rtol=1e-7, atol=1e-8)

@@ -10,6 +10,7 @@ from src.mondeq.conv import SingleConvOperator
 from src.mondeq.fc import FullyConnectedOperator
 from src.mondeq.layer import MonDEQLayer
 from src.mondeq.multiconv import MultiTierConvOperator
+from src.mondeq.nonlinearity import Nonlinearity, ReLU
 from src.mondeq.splitting import Anderson, SPLITTING_METHODS, SolverConfig, solve
 from src.mondeq.networks import MonConvNet, MonFCNet
 
@@ -72,7 +73,7 @@ def test_fb_and_pr_match_dense_float64_equilibrium(make_op, anderson):
         with torch.no_grad():
             solutions[name] = layer(x)
         assert layer.fwd_stats.converged
-    mask = op.active_mask if op.active_mask is not None else torch.ones(op.state_size, dtype=torch.float64)
+    mask = op.border_mask() if op.border_mask() is not None else torch.ones(op.state_size, dtype=torch.float64)
     exact = dense_equilibrium(op.dense_matrix().detach(), b, mask, solutions["pr"])
     for z in solutions.values():
         assert (z - exact).norm() / exact.norm() <= 1e-6
@@ -84,7 +85,7 @@ def unrolled_equilibrium(op, x, iters):
     b = op.input_term(x)
     z = torch.zeros_like(b)
     for _ in range(iters):
-        z_next = op.nonlinearity((1 - alpha) * z + alpha * (op.multiply(z) + b))
+        z_next = ReLU(op.border_mask())((1 - alpha) * z + alpha * (op.multiply(z) + b))
         done = (z_next - z).norm() <= 1e-15 * z_next.norm()
         z = z_next
         if done:
@@ -112,6 +113,40 @@ def test_implicit_gradient_matches_unrolled_autograd(make_op, iters, method, and
     reference = grads(op, x, unrolled_equilibrium(op, x, iters), weights)
     for got, want in zip(implicit, reference):
         assert torch.allclose(got, want, rtol=1e-6, atol=1e-9), (got - want).abs().max()
+
+
+class Clamp(Nonlinearity):
+    """The proximal operator of the box [0, 1]'s indicator: a nonlinearity no operator knows of."""
+
+    def forward(self, z):
+        return z.clamp(0, 1)
+
+    def derivative(self, pre):
+        return ((pre > 0) & (pre < 1)).to(pre.dtype)
+
+
+@pytest.mark.parametrize("make_op", [fc_op, conv_op])
+def test_a_new_nonlinearity_needs_no_operator_change(make_op):
+    """Both splittings solve z = clamp(W z + b, 0, 1) (checked directly) and agree; the implicit gradient
+    matches a finite difference of the solve."""
+    op = make_op(seed=5)
+    x = 3 * torch.randn(2, *op.input_shape, dtype=torch.float64)
+    layers = [MonDEQLayer(op, SolverConfig(name=name, alpha=alpha, **TIGHT), "test", Clamp())
+              for name, alpha in (("pr", 1.0), ("fb", fb_alpha(op)))]
+    with torch.no_grad():
+        zs = [layer(x) for layer in layers]
+        b = op.input_term(x)
+    for z in zs:
+        assert (z - (op.multiply(z) + b).clamp(0, 1)).norm() <= 1e-9 * z.norm()
+        assert ((z > 1e-9) & (z < 1 - 1e-9)).any() and (z >= 1 - 1e-12).any()  # both kinks are in play
+    torch.testing.assert_close(zs[0], zs[1], rtol=0, atol=1e-9)
+    direction = torch.randn_like(x)
+    xr = x.clone().requires_grad_(True)
+    (layers[0](xr) ** 2).sum().backward()
+    with torch.no_grad():
+        h = 1e-6
+        fd = ((layers[0](x + h * direction) ** 2).sum() - (layers[0](x - h * direction) ** 2).sum()) / (2 * h)
+    assert (xr.grad * direction).sum().item() == pytest.approx(fd.item(), rel=1e-5)
 
 
 def test_conv_adjoint_identity():
@@ -241,7 +276,7 @@ def test_conv_net_shapes_and_stats():
 
 # --- the splitting solvers: residual checks without W, Anderson acceleration ---------------
 def direct_forward_residual(op, z, bias):
-    return ((z - op.nonlinearity(op.multiply(z) + bias)).norm() / (1e-6 + z.norm())).item()
+    return ((z - ReLU(op.border_mask())(op.multiply(z) + bias)).norm() / (1e-6 + z.norm())).item()
 
 
 def direct_adjoint_residual(op, u, g, d):
@@ -270,12 +305,11 @@ def test_reported_residual_is_the_equilibrium_residual_of_the_returned_point(mak
     op, bias, alpha, resolvent = problem(make_op, method)
     split = SPLITTING_METHODS[method]
     with torch.no_grad():
-        z, stats = solve(split.forward_map(op, bias, alpha, resolvent), 1e-4, 5000, 3, anderson, never)
+        relu = ReLU(op.border_mask())
+        z, stats = solve(split.forward_map(op, relu, bias, alpha, resolvent), 1e-4, 5000, 3, anderson, never)
         assert stats.converged and 0 < stats.residual <= 1e-4
         assert stats.residual == pytest.approx(direct_forward_residual(op, z, bias), rel=1e-6)
-        d = (op.multiply(z) + bias > 0).to(z.dtype)
-        if op.active_mask is not None:
-            d = d * op.active_mask
+        d = relu.derivative(op.multiply(z) + bias)
         g = torch.randn_like(z)
         u, stats = solve(split.adjoint_map(op, g, d, alpha, resolvent), 1e-4, 5000, 3, anderson, never)
         assert stats.converged and 0 < stats.residual <= 1e-4
@@ -288,7 +322,7 @@ def test_anderson_needs_fewer_iterations(method):
     op, bias, alpha, resolvent = problem(lambda seed: fc_op(seed=seed, width=30, m=0.05), method)
     if method == "pr":
         alpha, resolvent = 0.1, op.resolvent(0.1)
-    fp = SPLITTING_METHODS[method].forward_map(op, bias, alpha, resolvent)
+    fp = SPLITTING_METHODS[method].forward_map(op, ReLU(), bias, alpha, resolvent)
     with torch.no_grad():
         z_plain, plain = solve(fp, 1e-10, 20000, 1, 0, never)
         z_aa, accelerated = solve(fp, 1e-10, 20000, 1, 5, never)
@@ -299,8 +333,30 @@ def test_anderson_needs_fewer_iterations(method):
 
 @pytest.mark.parametrize("bad", [dict(anderson=1), dict(anderson=-3), dict(anderson=2.5), dict(name="broyden")])
 def test_bad_solver_settings_are_refused(bad):
-    with pytest.raises(ValueError, match="anderson|unknown splitting"):
+    with pytest.raises(ValueError, match=r"splitting\.(anderson|name)=.*: allowed: "):
         SolverConfig(**bad)
+
+
+def test_every_splitting_setting_has_one_declaration_and_names_come_from_the_registry(compose):
+    from src import schema
+    from src.mondeq.splitting import SPLITTING_KEYS, ForwardBackward, register
+
+    assert set(SolverConfig.__dataclass_fields__) == set(SPLITTING_KEYS)
+    assert all(schema.KEYS[f"splitting.{k}"] is declared for k, declared in SPLITTING_KEYS.items())
+    with pytest.raises(ValueError, match="registered twice"):
+        register(ForwardBackward)
+
+    class Relaxed(ForwardBackward):
+        name = "fb_relaxed"
+
+    register(Relaxed)
+    try:
+        assert SolverConfig(name="fb_relaxed").name == "fb_relaxed"
+        schema.check(compose(["splitting.name=fb_relaxed"]))
+    finally:
+        del SPLITTING_METHODS["fb_relaxed"]
+    with pytest.raises(ValueError, match="splitting.name='fb_relaxed': allowed: one of fb, pr"):
+        SolverConfig(name="fb_relaxed")
 
 
 @pytest.mark.parametrize("reg", [1e-4, 0.0])
@@ -335,6 +391,10 @@ def test_a_hard_sample_does_not_hide_behind_the_easy_ones_of_its_batch():
                      on_nonfinite=lambda i: None)
     assert stats.converged and stats.residual <= 1e-3
     assert (stats.samples, stats.converged_samples) == (10, 9) and stats.worst_sample_residual > 1e-3
+    # by hand: an easy row's checked residual is 0.9 * 1000 * 0.1^(k-1), first <= 1e-3 at k = 7; the hard
+    # row's never is
+    assert stats.sample_iters.tolist() == [7] * 9 + [-1]
+    assert stats.sample_residuals[9].item() == stats.worst_sample_residual
     tally = ConvergenceTally()
     tally.add(stats)
     assert tally.record() == {"solves": 1, "samples": 10, "converged_fraction": 0.9,

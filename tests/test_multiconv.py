@@ -94,7 +94,7 @@ def test_input_term_and_layout():
         torch.testing.assert_close(b[:, :s0], ref, rtol=0, atol=1e-12)
         assert b[:, s0:].abs().max() == 0
     assert op.sides == (10, 6, 4) and op.state_size == 2 * 100 + 3 * 36 + 4 * 16
-    mask = ref_split(op, op.active_mask[None])
+    mask = ref_split(op, op.border_mask()[None])
     for t in mask:
         assert t[..., 0, :].abs().sum() == 0 and t[..., -1, :].abs().sum() == 0
         assert t[..., :, 0].abs().sum() == 0 and t[..., :, -1].abs().sum() == 0

@@ -129,10 +129,12 @@ def test_every_config_group_is_declared():
 
 
 def test_a_key_must_say_what_it_changes():
+    from src import keys
+
     with pytest.raises(TypeError):
-        schema.Key(schema.POSITIVE)  # no declaration of what it changes: refused
+        keys.Key(keys.POSITIVE)  # no declaration of what it changes: refused
     with pytest.raises(ValueError, match="allowed"):
-        schema.Key(schema.POSITIVE, {"weights"})
+        keys.Key(keys.POSITIVE, {"weights"})
 
 
 @pytest.mark.parametrize("overrides,name", [
@@ -152,14 +154,16 @@ def test_the_run_dir_is_named_by_what_changes_the_trained_model(compose, overrid
 
 def test_the_settings_of_a_result_are_the_keys_that_change_it(compose):
     from src import provenance
-    from src.schema import ROBUSTNESS
+    from src.keys import ROBUSTNESS
 
     cfg = compose(["robustness.n_test=10", "model=dnn"], config_name="robustness")
     curves, bounds = provenance.settings(cfg, ROBUSTNESS), provenance.bound_settings(cfg, "lipsdp_neuron")
     assert curves["robustness"]["n_test"] == 10 and "audit" in curves["robustness"] and "batch_size" not in curves[
         "robustness"]
     assert "m" not in curves and "splitting" not in curves  # nothing to a feed-forward network
-    assert "robustness" not in bounds and "generalization" not in bounds and bounds["bound"]["lower_points"]
+    assert "robustness" not in bounds and "generalization" not in bounds and "bound" not in bounds
+    # a method's own keys count for its entries only: the lower bound's points never invalidate an SDP
+    assert provenance.bound_settings(cfg, "grad_norm")["bound"].keys() == {"lower_points", "ascent_steps"}
     assert "generalization" in provenance.bound_settings(cfg, "generalization")
     assert curves["dataset"].keys() == bounds["dataset"].keys() and "root" not in curves["dataset"]
     mondeq = provenance.settings(compose(["model=mon_fc"], config_name="robustness"), ROBUSTNESS)
@@ -175,3 +179,19 @@ def test_a_recorded_class_pair_matrix_may_hold_failed_pairs_and_nothing_else_wro
     assert not is_lipschitz_value([[0.0, -2.0], [-2.0, 0.0]], 2) and not is_lipschitz_value(ok, 4, True)
     assert all(not is_lipschitz_value(v, 3) for v in (-1.0, 0, float("nan"), float("inf"), "abc", None, True))
     assert is_lipschitz_value(3.5, 3)
+
+
+def test_a_model_config_without_one_of_its_fields_is_refused(compose):
+    """A conf file (not the command line: deletions are refused there) that leaves a field out."""
+    from omegaconf import open_dict
+
+    from src.models import build_model
+
+    cfg = compose(["model=dnn"])
+    with open_dict(cfg):
+        del cfg.model["width"]
+    with pytest.raises(ConfigError, match="model dnn needs model.width; its keys: depth, width"):
+        schema.check(cfg)
+    with pytest.raises(ConfigError, match="model dnn needs model.width"):
+        build_model({"name": "dnn", "depth": 2}, None, None, (1, 4, 4), 10)
+

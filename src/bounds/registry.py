@@ -6,13 +6,14 @@ schema reads the names and rules from here, so this module imports no bound: a c
 never counts as a change of training (DVC's train stages depend on this file, not on src/bounds).
 
 A new bound is its function in compute.py (over the module that holds its mathematics) and one
-line in METHODS.
+line in METHODS (with its settings, if it has any, and their rules).
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 
+from ..keys import BOUNDS, NONNEG_INT, POS_INT, POSITIVE, Key, listed
 from ..models import MODELS
 
 
@@ -21,6 +22,7 @@ class Method:
     kind: str  # "upper" or "lower"
     applies: Callable[[str], bool]  # to a model name of src/models.py
     needs_data: bool = False
+    keys: Mapping[str, Key] = field(default_factory=dict)  # its settings, bound.<key>: only its entries record them
 
 
 def _mondeq(name: str) -> bool:
@@ -39,20 +41,26 @@ def _feedforward(name: str) -> bool:
     return not _mondeq(name)
 
 
+_UNROLLED = {"unrolled_alphas": Key(listed(POSITIVE, what="a list"), {BOUNDS}),
+             "unrolled_tol": Key(POSITIVE, {BOUNDS}), "unrolled_batch": Key(POS_INT, {BOUNDS})}
+
 METHODS: dict[str, Method] = {
     "theorem1": Method("upper", _mondeq),
     "theorem1_pooled": Method("upper", _conv_mondeq),
     "sdp_diag": Method("upper", _fc_mondeq),
     "sdp_pairwise": Method("upper", _fc_mondeq),
-    "unrolled_fb": Method("upper", _fc_mondeq, needs_data=True),
-    "unrolled_pr": Method("upper", _fc_mondeq, needs_data=True),
+    "unrolled_fb": Method("upper", _fc_mondeq, needs_data=True, keys=_UNROLLED),
+    "unrolled_pr": Method("upper", _fc_mondeq, needs_data=True, keys=_UNROLLED),
     "naive": Method("upper", _feedforward),
     "autolip": Method("upper", _feedforward),
     "seqlip_greedy": Method("upper", _feedforward),
     "lipsdp_neuron": Method("upper", lambda name: name == "dnn"),
     "lipsdp_layer": Method("upper", lambda name: name == "dnn"),
-    "grad_norm": Method("lower", lambda name: True, needs_data=True),
+    "grad_norm": Method("lower", lambda name: True, needs_data=True,
+                        keys={"lower_points": Key(POS_INT, {BOUNDS}), "ascent_steps": Key(NONNEG_INT, {BOUNDS})}),
 }
+# every method's settings, as the schema declares them (bound.<key>)
+METHOD_KEYS: dict[str, Key] = {key: declared for method in METHODS.values() for key, declared in method.keys.items()}
 # The local certificate's ways of bounding the network over a ball (src/certify/local.py)
 LOCAL_METHODS = ("vertex", "monotone")
 

@@ -93,7 +93,7 @@ def count_iterations(net, method: str, alpha: float, x: torch.Tensor, tol: float
         with torch.no_grad():
             bias = op.input_term(net.prepare(x.to(device=param.device, dtype=param.dtype)))
             resolvent = split.resolvent(op, alpha)
-            _, stats = solve(split.forward_map(op, bias, alpha, resolvent), tol, max_iter, 1, 0, nonfinite)
+            _, stats = solve(split.forward_map(op, net.mon.nonlinearity, bias, alpha, resolvent), tol, max_iter, 1, 0, nonfinite)
     except FloatingPointError:
         return None
     finally:

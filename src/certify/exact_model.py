@@ -104,7 +104,7 @@ class ExactModel:
         prepared = net.prepare(batch)
         u = op.input_term(prepared)
         z = net.mon(prepared)
-        p = op.nonlinearity(op.multiply(z) + u)
+        p = net.mon.nonlinearity(op.multiply(z) + u)
         step = op.multiply(z - p).norm(dim=1)
         rounding = ROUNDING * (z.norm(dim=1) + u.norm(dim=1))
         return net.Wout(net.readout(p)).cpu(), ((step + rounding) / op.m).cpu()

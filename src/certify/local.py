@@ -53,6 +53,7 @@ import torch
 
 from ..errors import ConfigError
 from ..mondeq.dense import DenseMonDEQ, dense_mondeq, equilibrium, live_units
+from ..mondeq.networks import MonDEQNet
 from .rules import ROUNDING, Gaps, clears, gaps_of, radius
 
 # Dense (h x h) per-point solves: beyond this state size the method is refused (a
@@ -64,13 +65,12 @@ CHUNK_BYTES = 1 << 26
 
 def check_applies(net) -> None:
     """ConfigError unless `net` is a monDEQ whose state is small enough for dense per-input solves."""
-    op = getattr(getattr(net, "mon", None), "operator", None)
-    if op is None:
+    if not isinstance(net, MonDEQNet):
         raise ConfigError(f"certify.bound=local: allowed for monDEQs only, got {type(net).__name__}")
-    size = int(live_units(op).sum())
+    size = int(live_units(net).sum())
     if size > MAX_STATE:
-        raise ConfigError(f"certify.bound=local: the state size {size} of {type(op).__name__} needs dense "
-                          f"per-input solves of that size; allowed: state sizes <= {MAX_STATE} "
+        raise ConfigError(f"certify.bound=local: the state size {size} of {type(net.mon.operator).__name__} needs "
+                          f"dense per-input solves of that size; allowed: state sizes <= {MAX_STATE} "
                           f"(theorem1_pooled certifies larger conv monDEQs)")
 
 

@@ -12,7 +12,8 @@ from .operator import MonotoneOperator, Resolvent
 from .spectral import apply_spectrum, circular_conv, circular_conv_transpose, conv_spectrum
 
 
-def border_mask(channels: int, side: int, border: int = 1) -> torch.Tensor:
+def image_interior(channels: int, side: int, border: int = 1) -> torch.Tensor:
+    """(channels * side * side,): 1 inside the image, 0 on its `border` outermost pixels."""
     mask = torch.zeros(channels, side, side)
     mask[:, border:side - border, border:side - border] = 1
     return mask.flatten()
@@ -44,7 +45,9 @@ class SingleConvOperator(MonotoneOperator):
         self.shape = (channels, side, side)
         self.state_size = channels * side * side
         self.input_shape = (in_channels, side, side)
-        self.register_buffer("active_mask", border_mask(channels, side), persistent=False)
+
+    def border_mask(self) -> torch.Tensor:
+        return image_interior(*self.shape[:2]).to(self.U.weight)
 
     def kernels(self) -> tuple[torch.Tensor, torch.Tensor]:
         A = self.A.weight / self.A.weight.norm()

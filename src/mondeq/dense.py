@@ -53,10 +53,9 @@ class DenseMonDEQ:
     m: float
 
 
-def live_units(op) -> torch.Tensor:
-    """The units whose ReLU may be non-zero (conv operators zero their image borders: `active_mask`)."""
-    mask = op.active_mask
-    return torch.ones(op.state_size, dtype=torch.bool) if mask is None else mask.detach().cpu() > 0
+def live_units(net) -> torch.Tensor:
+    """The units of a monDEQ classifier whose ReLU may be non-zero (conv operators' borders are pinned at zero)."""
+    return net.mon.nonlinearity.live(net.mon.operator.state_size).cpu()
 
 
 def dense_mondeq(net, in_shape=None) -> DenseMonDEQ:
@@ -83,7 +82,7 @@ def dense_mondeq(net, in_shape=None) -> DenseMonDEQ:
             b = op64.input_term(net64.prepare(torch.zeros(1, *in_shape, dtype=torch.float64))).flatten(1)[0]
             unit = torch.eye(d, dtype=torch.float64).view(d, *in_shape)
             U = (op64.input_term(net64.prepare(unit)).flatten(1) - b).T
-        live = live_units(op)
+        live = live_units(net)
         W, U, b = W[live][:, live], U[live], b[live]
     return DenseMonDEQ(W=W, U=U, b=b, C=readout_rows(net).cpu()[live], b_out=net.Wout.bias.detach().cpu().double(),
                        G=U @ U.T, m=float(op.m))

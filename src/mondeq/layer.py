@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from ..errors import DivergedError, SolverError
+from .nonlinearity import Nonlinearity, ReLU
 from .operator import MonotoneOperator
 from .splitting import SPLITTING_METHODS, ConvergenceTally, SolverConfig, SolveStats, solve
 
@@ -14,7 +15,9 @@ SHORT = {"forward": "fwd", "backward": "bwd"}  # the solve's prefix in the split
 
 
 class MonDEQLayer(nn.Module):
-    """z*(x) = relu(W z* + U x + b), with gradients from the adjoint equation.
+    """z*(x) = prox(W z* + U x + b), with gradients from the adjoint equation.
+
+    prox: `nonlinearity`, by default the paper's ReLU with the operator's border mask.
 
     The equilibrium is found without autograd; one application of the layer
     map at z* then re-enters the graph, and a hook on its output replaces the
@@ -22,9 +25,11 @@ class MonDEQLayer(nn.Module):
     method on the adjoint system u = D (W^T u + g).
     """
 
-    def __init__(self, operator: MonotoneOperator, solver: SolverConfig, name: str):
+    def __init__(self, operator: MonotoneOperator, solver: SolverConfig, name: str,
+                 nonlinearity: Nonlinearity | None = None):
         super().__init__()
         self.operator = operator
+        self.nonlinearity = ReLU(operator.border_mask()) if nonlinearity is None else nonlinearity
         self.solver = solver
         self.name = name
         self.alpha = float(solver.alpha)
@@ -67,25 +72,26 @@ class MonDEQLayer(nn.Module):
                           stacklevel=3)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        op, cfg = self.operator, self.solver
+        op, prox, cfg = self.operator, self.nonlinearity, self.solver
         bias = op.input_term(x)
         with torch.no_grad():
             resolvent = self.method.resolvent(op, self.alpha)
             z_star, self.fwd_stats = solve(
-                self.method.forward_map(op, bias.detach(), self.alpha, resolvent), cfg.fwd_tol,
+                self.method.forward_map(op, prox, bias.detach(), self.alpha, resolvent), cfg.fwd_tol,
                 cfg.fwd_max_iter, cfg.check_every, cfg.anderson, self._nonfinite)
         self._check_converged(self.fwd_stats, "forward", cfg.fwd_tol)
-        z = op.nonlinearity(op.multiply(z_star) + bias)
+        pre = op.multiply(z_star) + bias
+        z = prox(pre)
         if z.requires_grad:
-            active = (z > 0).to(z.dtype).detach()
-            z.register_hook(lambda g: self._implicit_grad(g, active, resolvent))
+            d = prox.derivative(pre.detach())
+            z.register_hook(lambda g: self._implicit_grad(g, d, resolvent))
         return z
 
     @torch.no_grad()
-    def _implicit_grad(self, g: torch.Tensor, active: torch.Tensor, resolvent) -> torch.Tensor:
+    def _implicit_grad(self, g: torch.Tensor, d: torch.Tensor, resolvent) -> torch.Tensor:
         op, cfg = self.operator, self.solver
         u, self.bwd_stats = solve(
-            self.method.adjoint_map(op, g, active, self.alpha, resolvent), cfg.bwd_tol,
+            self.method.adjoint_map(op, g, d, self.alpha, resolvent), cfg.bwd_tol,
             cfg.bwd_max_iter, cfg.check_every, cfg.anderson, self._nonfinite)
         self._check_converged(self.bwd_stats, "backward", cfg.bwd_tol)
         return g + op.multiply_transpose(u)

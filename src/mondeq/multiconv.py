@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .conv import image_interior
 from .operator import MonotoneOperator, Resolvent
 from .spectral import circular_conv as _conv, circular_conv_transpose as _conv_t, circular_pad as _cpad
 
@@ -162,13 +163,8 @@ class MultiTierConvOperator(MonotoneOperator):
         self.gn = nn.ParameterList(nn.Parameter(torch.tensor(1.0)) for _ in channels[1:])
         self.h = nn.ParameterList(nn.Parameter(torch.tensor(1.0)) for _ in channels)
 
-        masks = []
-        for c, s in zip(channels, sides):
-            mk = torch.zeros(c, s, s)
-            mk[:, 1:-1, 1:-1] = 1.0
-            masks.append(mk.reshape(-1))
-        # Not persistent: the original checkpoints carry no such key.
-        self.register_buffer("active_mask", torch.cat(masks), persistent=False)
+    def border_mask(self) -> torch.Tensor:
+        return torch.cat([image_interior(c, s) for c, s in zip(self.channels, self.sides)]).to(self.U.weight)
 
     # normalised weights, as in the original
     def A(self, i: int) -> torch.Tensor:

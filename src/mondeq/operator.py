@@ -36,19 +36,14 @@ class Resolvent:
 class MonotoneOperator(nn.Module):
     """W with I - W >= m I for every value of its parameters.
 
-    Subclasses set `state_size` (n) and `m`, may register a buffer
-    `active_mask` of shape (n,) (1 where the ReLU may be non-zero, 0 on the
-    zeroed image borders), and implement the methods below.  All maps act on
-    rows: `multiply(z)` returns (W z^T)^T for z of shape (batch, n).
+    Subclasses set `state_size` (n) and `m` and implement the methods below.
+    All maps act on rows: `multiply(z)` returns (W z^T)^T for z of shape
+    (batch, n).  The nonlinearity is not the operator's (nonlinearity.py).
     """
 
     m: float
     state_size: int
     input_shape: tuple[int, ...]
-
-    def __init__(self):
-        super().__init__()
-        self.register_buffer("active_mask", None, persistent=False)
 
     def input_term(self, x: torch.Tensor) -> torch.Tensor:
         """U x + b as a flat (batch, n) state."""
@@ -66,18 +61,11 @@ class MonotoneOperator(nn.Module):
         """(I + alpha (I - W))^-1 for the current weights, without autograd."""
         raise NotImplementedError
 
-    def nonlinearity(self, z: torch.Tensor) -> torch.Tensor:
-        """The proximal step: ReLU, zeroed outside `active_mask`."""
-        z = torch.relu(z)
-        if self.active_mask is not None:
-            z = z * self.active_mask
-        return z
-
-    def reflected_nonlinearity(self, u: torch.Tensor) -> torch.Tensor:
-        """2 relu(u) - u, the reflected proximal step; |u| where no unit is masked."""
-        if self.active_mask is None:
-            return u.abs()
-        return 2 * self.nonlinearity(u) - u
+    def border_mask(self) -> torch.Tensor | None:
+        """(n,) with 0 on the units the layer pins at zero (the image borders of a circular convolution,
+        as monotone_op_net's MONBorderReLU), 1 elsewhere, in the weights' dtype and on their device;
+        None when there are none."""
+        return None
 
     def dense_matrix(self) -> torch.Tensor:
         """W as an (n, n) matrix, built column by column (small sizes only)."""

@@ -1,16 +1,19 @@
 """Operator-splitting solvers for the monDEQ equilibrium and its adjoint.
 
-Forward problem:  z = relu(W z + b)            (b = U x + bias)
-Adjoint problem:  u = D (W^T u + g)            (D = relu' at the equilibrium)
+Forward problem:  z = prox(W z + b)            (b = U x + bias; prox: nonlinearity.py)
+Adjoint problem:  u = D (W^T u + g)            (D = prox' at the equilibrium)
 The implicit gradient is then g + W^T u (see layer.py).
 
-A method turns a problem into a `FixedPointMap` x -> T(x) on its iterated
-variable; `solve` iterates it (plainly, or with Anderson acceleration) without
-touching the host, and synchronises only every `check_every` iterations, when
-the map also returns the point it evaluated and that point's relative
-equilibrium residual.  The residual comes from quantities the step computes
-anyway (PR: W x follows from the resolvent's own equation), so a check costs
-elementwise work only, never an extra product with W.
+A method (a `SplittingMethod`, registered by name in SPLITTING_METHODS) turns a
+problem into a `FixedPointMap` x -> T(x) on its iterated variable; every method
+has the same three functions with the same signatures.  `solve` iterates a map
+(plainly, or with Anderson acceleration) without touching the host, and
+synchronises only every `check_every` iterations, when the map also returns the
+point it evaluated and that point's relative equilibrium residual.  The residual
+comes from quantities the step computes anyway (PR: W x follows from the
+resolvent's own equation), so a check costs elementwise work only, never an
+extra product with W.  A solve returns a `SolveStats` record, per sample as
+well as for the batch.
 """
 from __future__ import annotations
 
@@ -21,6 +24,9 @@ from typing import Callable, Optional
 
 import torch
 
+from ..errors import ConfigError
+from ..keys import ANDERSON, EVERY, NOTHING, POS_INT, POSITIVE, Key, boolean, checked, choice, one_of
+from .nonlinearity import Nonlinearity
 from .operator import MonotoneOperator, Resolvent
 
 _EPS = 1e-6
@@ -29,7 +35,9 @@ _EPS = 1e-6
 @dataclass
 class SolveStats:
     """One solve: iterations run, relative equilibrium residual of the returned point (the batch's: what
-    stops the solve), wall time; and per sample: how many, how many reached the tolerance, the worst."""
+    stops the solve), wall time; and per sample: how many, how many reached the tolerance, the worst,
+    and as tensors on the solve's device, each sample's residual at the returned point and the
+    iterations after which its checked residual first reached the tolerance (-1: never)."""
 
     iters: int = 0
     residual: float = math.nan
@@ -38,6 +46,58 @@ class SolveStats:
     samples: int = 0
     converged_samples: int = 0
     worst_sample_residual: float = math.nan
+    sample_residuals: Optional[torch.Tensor] = None
+    sample_iters: Optional[torch.Tensor] = None
+
+
+class SplittingMethod:
+    """The one signature of a splitting method: a resolvent built once per solve (shared by the forward
+    and the adjoint map; None when the method needs none) and the two fixed-point maps."""
+
+    name: str
+
+    @staticmethod
+    def resolvent(op: MonotoneOperator, alpha: float) -> Optional[Resolvent]:
+        raise NotImplementedError
+
+    @staticmethod
+    def forward_map(op: MonotoneOperator, prox: Nonlinearity, bias: torch.Tensor, alpha: float,
+                    resolvent: Optional[Resolvent]) -> FixedPointMap:
+        """The map whose fixed point gives z = prox(W z + bias)."""
+        raise NotImplementedError
+
+    @staticmethod
+    def adjoint_map(op: MonotoneOperator, g: torch.Tensor, d: torch.Tensor, alpha: float,
+                    resolvent: Optional[Resolvent]) -> FixedPointMap:
+        """The map whose fixed point gives u = d (W^T u + g)."""
+        raise NotImplementedError
+
+
+SPLITTING_METHODS: dict[str, type[SplittingMethod]] = {}
+
+
+def register(method: type[SplittingMethod]) -> type[SplittingMethod]:
+    """Declare a splitting method under its `name`: the config's `splitting.name` choices come from here."""
+    if method.name in SPLITTING_METHODS:
+        raise ValueError(f"splitting method {method.name!r} is registered twice")
+    SPLITTING_METHODS[method.name] = method
+    return method
+
+
+# The splitting settings (splitting.<key>), declared once: SolverConfig checks its fields by these rules,
+# and the schema takes them as they are.
+SPLITTING_KEYS: dict[str, Key] = {
+    "name": Key(one_of(SPLITTING_METHODS), EVERY, mondeq_only=True),
+    "alpha": Key(POSITIVE, EVERY, mondeq_only=True),
+    "fwd_tol": Key(POSITIVE, EVERY, mondeq_only=True),
+    "fwd_max_iter": Key(POS_INT, EVERY, mondeq_only=True),
+    "bwd_tol": Key(POSITIVE, EVERY, mondeq_only=True),
+    "bwd_max_iter": Key(POS_INT, EVERY, mondeq_only=True),
+    "check_every": Key(POS_INT, EVERY, mondeq_only=True),
+    "tune_alpha": Key(boolean(), EVERY, mondeq_only=True),
+    "anderson": Key(ANDERSON, EVERY, mondeq_only=True),
+    "on_nonconvergence": Key(choice("warn", "error"), NOTHING),
+}
 
 
 @dataclass(frozen=True)
@@ -54,25 +114,15 @@ class SolverConfig:
     on_nonconvergence: str = "warn"  # warn | error
 
     def __post_init__(self):
-        if self.name not in SPLITTING_METHODS:
-            raise ValueError(f"unknown splitting method {self.name!r}; choose one of {sorted(SPLITTING_METHODS)}")
-        for key in ("alpha", "fwd_tol", "bwd_tol"):
-            if not getattr(self, key) > 0:
-                raise ValueError(f"splitting.{key} must be > 0, got {getattr(self, key)}")
-        for key in ("fwd_max_iter", "bwd_max_iter", "check_every"):
-            if int(getattr(self, key)) < 1:
-                raise ValueError(f"splitting.{key} must be >= 1, got {getattr(self, key)}")
-        if not (float(self.anderson).is_integer() and (self.anderson == 0 or self.anderson >= 2)):
-            raise ValueError(f"splitting.anderson is a history size: 0 (off) or >= 2, got {self.anderson}")
-        if self.on_nonconvergence not in ("warn", "error"):
-            raise ValueError(f"splitting.on_nonconvergence must be warn or error, got {self.on_nonconvergence!r}")
+        for key, declared in SPLITTING_KEYS.items():
+            object.__setattr__(self, key, checked(f"splitting.{key}", declared.rule, getattr(self, key)))
 
     @classmethod
     def from_mapping(cls, cfg) -> "SolverConfig":
         known = set(cls.__dataclass_fields__)
         unknown = set(cfg) - known
         if unknown:
-            raise ValueError(f"unknown splitting keys {sorted(unknown)}; known: {sorted(known)}")
+            raise ConfigError(f"unknown splitting keys {sorted(unknown)}; known: {sorted(known)}")
         return cls(**{k: cfg[k] for k in cfg})
 
 
@@ -106,7 +156,7 @@ class ConvergenceTally:
                 "worst_residual": self.worst_residual if self.samples else None}
 
 
-Checked = Optional[tuple[torch.Tensor, tuple[torch.Tensor, Callable[[], torch.Tensor]]]]
+Checked = Optional[tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]]
 
 
 @dataclass
@@ -118,10 +168,9 @@ class FixedPointMap:
     step: Callable[[torch.Tensor, bool], tuple[torch.Tensor, Checked]]
 
 
-def _relative(diff: torch.Tensor, ref: torch.Tensor) -> tuple[torch.Tensor, Callable[[], torch.Tensor]]:
-    """The relative residual of the batch (what stops a solve) and, on demand, of each sample (what is
-    counted, once per solve: the checks that do not end a solve do not pay for it)."""
-    return diff.norm() / (_EPS + ref.norm()), lambda: diff.norm(dim=1) / (_EPS + ref.norm(dim=1))
+def _relative(diff: torch.Tensor, ref: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The relative residual of the batch (what stops a solve) and of each sample (elementwise work)."""
+    return diff.norm() / (_EPS + ref.norm()), diff.norm(dim=1) / (_EPS + ref.norm(dim=1))
 
 
 class Anderson:
@@ -171,28 +220,31 @@ def solve(fp: FixedPointMap, tol: float, max_iter: int, check_every: int, anders
     step = Anderson(fp.step, anderson, fp.start) if anderson else fp.step
     x = fp.start
     point = x
+    reached = torch.full((len(x),), -1, dtype=torch.long, device=x.device)
     while stats.iters < max_iter:
         n = min(check_every, max_iter - stats.iters)
         for _ in range(n - 1):
             x, _ = step(x, False)
         x, (point, (residual, per_sample)) = step(x, True)
         stats.iters += n
-        stats.residual = residual.item()
+        reached = torch.where((reached < 0) & (per_sample <= tol), stats.iters, reached)
+        stats.residual = residual.item()  # the check's one host sync
         if not math.isfinite(stats.residual):
             on_nonfinite(stats.iters)
         if stats.residual <= tol:
             stats.converged = True
             break
-    # one host sync per solve for the per-sample count, none per iteration
-    per_sample = per_sample()
+    # one more host sync per solve for the per-sample count
     count, worst = torch.stack([(per_sample <= tol).sum().to(per_sample.dtype), per_sample.max()]).tolist()
     stats.samples, stats.converged_samples, stats.worst_sample_residual = len(per_sample), int(count), worst
+    stats.sample_residuals, stats.sample_iters = per_sample, reached
     stats.seconds = time.perf_counter() - start
     return point, stats
 
 
-class ForwardBackward:
-    """z <- relu((1 - alpha) z + alpha (W z + b)); needs alpha <= 2m / ||I - W||^2.
+@register
+class ForwardBackward(SplittingMethod):
+    """z <- prox((1 - alpha) z + alpha (W z + b)); needs alpha <= 2m / ||I - W||^2.
 
     A check reports the residual of the step's input z, from the W z the step computes.
     """
@@ -200,21 +252,21 @@ class ForwardBackward:
     name = "fb"
 
     @staticmethod
-    def resolvent(op: MonotoneOperator, alpha: float) -> None:
+    def resolvent(op, alpha):
         """FB never inverts I - W."""
         return None
 
     @staticmethod
-    def forward_map(op: MonotoneOperator, bias, alpha, resolvent=None) -> FixedPointMap:
+    def forward_map(op, prox, bias, alpha, resolvent):
         def step(z, check):
             pre = op.multiply(z) + bias
-            z_next = op.nonlinearity((1 - alpha) * z + alpha * pre)
-            return z_next, (z, _relative(z - op.nonlinearity(pre), z)) if check else None
+            z_next = prox((1 - alpha) * z + alpha * pre)
+            return z_next, (z, _relative(z - prox(pre), z)) if check else None
 
         return FixedPointMap(torch.zeros_like(bias), step)
 
     @staticmethod
-    def adjoint_map(op: MonotoneOperator, g, d, alpha, resolvent=None) -> FixedPointMap:
+    def adjoint_map(op, g, d, alpha, resolvent):
         def step(u, check):
             pre = op.multiply_transpose(u) + g
             u_next = d * ((1 - alpha) * u + alpha * pre)
@@ -223,11 +275,12 @@ class ForwardBackward:
         return FixedPointMap(torch.zeros_like(g), step)
 
 
-class PeacemanRachford:
-    """Reflected resolvents of I - W and of the ReLU; converges for any alpha > 0.
+@register
+class PeacemanRachford(SplittingMethod):
+    """Reflected resolvents of I - W and of the nonlinearity; converges for any alpha > 0.
 
     In the reflected variable u the whole step is u <- (2R - I) w + 2 R alpha b,
-    with w = refl(u) = 2 relu(u) - u (= |u| without a border mask): one matrix
+    with w = refl(u) = 2 prox(u) - u (= |u| for a ReLU without a border mask): one matrix
     product and one elementwise op per iteration for dense operators.  The
     resolvent point x = R(w + alpha b) = (u_next + w) / 2 satisfies
     W x + b = x + (x - w) / alpha, which gives its residual without W.
@@ -236,26 +289,25 @@ class PeacemanRachford:
     name = "pr"
 
     @staticmethod
-    def resolvent(op: MonotoneOperator, alpha: float) -> Resolvent:
-        """Built once per solve and shared by the forward and adjoint maps."""
+    def resolvent(op, alpha):
         return op.resolvent(alpha)
 
     @staticmethod
-    def forward_map(op: MonotoneOperator, bias, alpha, resolvent: Resolvent) -> FixedPointMap:
+    def forward_map(op, prox, bias, alpha, resolvent):
         shift = 2 * resolvent.apply(alpha * bias)
 
         def step(u, check):
-            w = op.reflected_nonlinearity(u)
+            w = prox.reflect(u)
             u_next = resolvent.reflect(w, shift)
             if not check:
                 return u_next, None
             x = (u_next + w) / 2
-            return u_next, (x, _relative(x - op.nonlinearity(x + (x - w) / alpha), x))
+            return u_next, (x, _relative(x - prox(x + (x - w) / alpha), x))
 
         return FixedPointMap(torch.zeros_like(bias), step)
 
     @staticmethod
-    def adjoint_map(op: MonotoneOperator, g, d, alpha, resolvent: Resolvent) -> FixedPointMap:
+    def adjoint_map(op, g, d, alpha, resolvent):
         # u = d (v + alpha g); the reflection 2u - v is sign * v + 2 alpha d g with sign = 2d - 1;
         # x = R^T y for y = 2u - v satisfies W^T x = x + (x - y) / alpha
         sign, shift = 2 * d - 1, 2 * alpha * d * g
@@ -270,5 +322,3 @@ class PeacemanRachford:
 
         return FixedPointMap(torch.zeros_like(g), step)
 
-
-SPLITTING_METHODS = {cls.name: cls for cls in (ForwardBackward, PeacemanRachford)}
