@@ -46,3 +46,16 @@ def test_the_class_pair_and_diagonal_sdp_checks_inflate_rho_by_their_rounding():
     factor = schur_rounding(np.linalg.eigvalsh(M))
     assert factor > 1 + 1e-12 and rho == pytest.approx(plain * factor, rel=1e-13)
     assert schur_rounding([1e-6, 1.0]) == pytest.approx(1 + 1e-6 + 1e-12)
+
+
+def test_the_a_posteriori_check_is_the_schur_complement_rounded_up():
+    """schur_rho: lambda_max(C^T M^-1 C) by an explicit inverse, never below it, above by the rounding factor."""
+    from src.bounds.sdp import schur_rho, schur_rounding
+
+    rng = np.random.default_rng(0)
+    A, C = rng.standard_normal((6, 6)), rng.standard_normal((6, 3))
+    M = A @ A.T + 0.1 * np.eye(6)
+    want = np.linalg.eigvalsh(C.T @ np.linalg.inv(M) @ C)[-1]
+    got = schur_rho(M, C)
+    factor = schur_rounding(np.linalg.eigvalsh(M))
+    assert factor > 1 and want <= got and got == pytest.approx(want * factor, rel=1e-12)

@@ -81,10 +81,7 @@ class _DiagSDP:
             k_min = float(np.linalg.eigvalsh(sym_k)[0])
             lam = lam + (floor - e_min) / (2 * max(k_min, 1e-12))
             M = lhs(lam)
-        C = np.linalg.cholesky(M)
-        Y = np.linalg.solve(C, lam[:, None] * self.F)
-        rho = float(np.linalg.norm(Y, 2) ** 2) * sdp.schur_rounding(np.linalg.eigvalsh(M))
-        return rho, lam
+        return sdp.schur_rho(M, lam[:, None] * self.F), lam
 
     def solve(self, G: np.ndarray, solvers=sdp.DEFAULT_SOLVERS, eps: float = DIAG_EPS, warm: bool = False):
         self.G.value = 0.5 * (G + G.T)

@@ -72,11 +72,10 @@ import time
 
 import cvxpy as cp
 import numpy as np
-import scipy.linalg as sla
 import torch
 from torch import nn
 
-from .sdp import schur_rounding, solve
+from .sdp import schur_rho, solve
 
 VARIANTS = ("neuron", "layer")
 FORMULATIONS = ("chordal", "dense")
@@ -276,11 +275,7 @@ def certify(weights: list[np.ndarray], t: list[np.ndarray]) -> dict:
     n1 = weights[0].shape[0]
     c = np.zeros((r.shape[0], weights[0].shape[1]))
     c[:n1] = -t[0][:, None] * weights[0]
-    x = sla.cho_solve(sla.cho_factor(r), c)
-    m = c.T @ x
-    rho = max(float(np.linalg.eigvalsh((m + m.T) / 2)[-1]), 0.0)
-    rho *= schur_rounding(evals)
-    return {"rho": rho, "margin": float(evals[0] / scale), "shift": shift}
+    return {"rho": schur_rho(r, c), "margin": float(evals[0] / scale), "shift": shift}
 
 
 def lipsdp(model, variant: str = "neuron", formulation: str = "chordal", reduce: bool = True,

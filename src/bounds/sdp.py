@@ -13,6 +13,7 @@ import warnings
 from dataclasses import asdict, dataclass, field
 
 import cvxpy as cp
+import numpy as np
 
 DEFAULT_SOLVERS = ("MOSEK", "SCS")
 
@@ -23,6 +24,14 @@ def schur_rounding(evals) -> float:
     all > 0); 1e-12 (4500 epsilons) per unit of cond(M), and 1e-12 for the products, cover it."""
     lo, hi = float(min(evals)), float(max(abs(e) for e in evals))
     return 1 + 1e-12 * hi / lo + 1e-12
+
+
+def schur_rho(M: np.ndarray, C: np.ndarray) -> float:
+    """The a posteriori check of every SDP bound: rho = lambda_max(C^T M^-1 C) = ||chol(M)^-1 C||^2 for a
+    symmetric M > 0 (float64, from the solver's multipliers made feasible), inflated by schur_rounding."""
+    Y = np.linalg.solve(np.linalg.cholesky(M), C)
+    return float(np.linalg.norm(Y, 2) ** 2) * schur_rounding(np.linalg.eigvalsh(M))
+
 ACCEPTED = {cp.OPTIMAL}  # OPTIMAL_INACCURATE is reported as a failure, never as a number
 
 
