@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from .errors import SolverError
 from .evaluation import pick_device
 
 
@@ -140,12 +141,13 @@ def time_local(model: torch.nn.Module, cfg, in_shape) -> dict:
     neurons (among the inputs whose stable set was found) and the share of inputs over
     max_unstable at each pixel radius of `bench.local_eps`.
     """
+    from omegaconf import OmegaConf
+
+    from .bounds.compute import compute_bounds
     from .certify import local
-    from .bounds.diag_sdp import sdp_pairwise
-    from .bounds.theorem1 import theorem1_pooled
+    from .certify.registry import CERTIFICATES
     from .certify.rules import normalised_radius
     from .data import load_splits
-    from .mondeq.fc import FullyConnectedOperator
 
     local.check_applies(model)
     _, test = load_splits(cfg.dataset)
@@ -158,9 +160,13 @@ def time_local(model: torch.nn.Module, cfg, in_shape) -> dict:
     x = (images - torch.tensor(mean, dtype=torch.float64).view(shape)) / torch.tensor(std, dtype=torch.float64).view(shape)
     start = time.perf_counter()
     classes = int(cfg.dataset.num_classes)
-    fc = isinstance(model.mon.operator, FullyConnectedOperator)
-    pair = local.pair_constants(sdp_pairwise(model)["matrix"] if fc else theorem1_pooled(model)["value"], classes)
-    record = {"points": n, "global": "sdp_pairwise" if fc else "theorem1_pooled",
+    rests_on = CERTIFICATES["local"].rests_on(cfg.model.name)
+    found = compute_bounds(model, OmegaConf.merge(cfg, {"bound": {"methods": [rests_on]}}))
+    if rests_on not in found["upper"]:
+        raise SolverError(f"bench.local: {rests_on}, the local certificate's global constants, failed "
+                          f"({found['failed'].get(rests_on)})")
+    pair = local.pair_constants(found["upper"][rests_on], classes)
+    record = {"points": n, "global": rests_on,
               "global_seconds": time.perf_counter() - start, "eps": list(cfg.bench.local_eps)}
     dm = local.dense_mondeq(model, tuple(in_shape))  # for the counts of unstable neurons below
     cen = local.centres(dm, x.flatten(1), labels, pair)

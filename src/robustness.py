@@ -32,6 +32,7 @@ naming what differs.
 """
 from __future__ import annotations
 
+import importlib
 import logging
 import time
 from pathlib import Path
@@ -41,6 +42,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from . import attack, files, loggers, provenance, summary
 from .certify import audit, exact_model, rules as certify
+from .certify.registry import CERTIFICATES
 from .errors import SolverError, UnsoundCertificateError
 from .evaluation import convergence, logits_of, pick_device, reset_convergence, warn_unconverged
 from .keys import ROBUSTNESS
@@ -59,6 +61,11 @@ def default_grid(cfg: DictConfig, which: str) -> list[float]:
     name = cfg.dataset.name
     family = name if name in grids else ("cifar10" if int(cfg.dataset.in_shape[0]) == 3 else "mnist")
     return [float(e) for e in grids[family][which]]
+
+
+def certificate_module(name: str):
+    """src/certify/<name>.py: the computation of the certificate `name` (src/certify/registry.py)."""
+    return importlib.import_module(f"{__package__}.certify.{name}")
 
 
 def bounds_to_use(cfg: DictConfig) -> list[str]:
@@ -137,7 +144,6 @@ def _merge(previous: dict | None, record: dict, origin: dict) -> dict:
 def evaluate(cfg: DictConfig, model, sha256: str, run_dir: Path, images: torch.Tensor, labels: torch.Tensor,
              check_model=None) -> dict:
     """The robustness.json record of `model` on pixel images (N, C, H, W) in [0, 1]."""
-    from .certify import local
 
     r = cfg.robustness
     methods = list(r.methods)
@@ -159,10 +165,11 @@ def evaluate(cfg: DictConfig, model, sha256: str, run_dir: Path, images: torch.T
             return found[name]
 
         for bound in ([] if given is not None else bounds_to_use(cfg)):
-            if bound == "local":
-                local.check_applies(model)
-                value, source = constant(MODELS[cfg.model.name].local_global)
-                source = f"{MODELS[cfg.model.name].local_global} ({source})"
+            if bound in CERTIFICATES:
+                certificate_module(bound).check_applies(model)
+                rests_on = CERTIFICATES[bound].rests_on(cfg.model.name)
+                value, source = constant(rests_on)
+                source = f"{rests_on} ({source})"
             else:
                 value, source = constant(bound)
             sources.append((bound, value, source))
@@ -196,12 +203,11 @@ def evaluate(cfg: DictConfig, model, sha256: str, run_dir: Path, images: torch.T
         eps = default_grid(cfg, "certified")
         rules = [str(v) for v in cfg.certify.rule]
         for bound, value, source in sources:
-            if bound == "local":
-                pair = local.pair_constants(value, logits.shape[1])
-                curve = local.local_curve(model, x, labels, pair, eps, std, **cfg.certify.local)
+            if bound in CERTIFICATES:
+                curve = certificate_module(bound).curve(model, x, labels, value, eps, std, cfg.certify[bound])
                 curve.update(bound=bound, source=source)
-                curves["local/local"] = curve
-                log.info(f"certified [local/{curve['method']}]: "
+                curves[f"{bound}/{curve['rule']}"] = curve
+                log.info(f"certified [{bound}/{curve['rule']}]: "
                          + " ".join(f"{e:g}:{a:.3f}" for e, a in zip(eps, curve["accuracy"])))
                 continue
             for rule in ([None] if isinstance(value, (list, tuple)) else rules):

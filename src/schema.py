@@ -21,7 +21,8 @@ from fnmatch import fnmatchcase
 from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import InterpolationResolutionError
 
-from .bounds.registry import LOCAL_METHODS, METHOD_KEYS, METHODS as BOUND_METHODS, select_methods
+from .bounds.registry import METHOD_KEYS, METHODS as BOUND_METHODS, select_methods
+from .certify.registry import CERTIFICATES, LOCAL_METHODS
 from .certify.rules import RULES as CERTIFY_RULES
 from .data import DATASETS
 from .errors import ConfigError
@@ -128,12 +129,10 @@ KEYS: dict[str, Key] = {
     "robustness.audit.steps": Key(NONNEG_INT, {ROBUSTNESS}),
     "robustness.audit.restarts": Key(POS_INT, {ROBUSTNESS}),
     "robustness.grids.*.*": Key(listed(EPS, what="a list of radii"), NOTHING),
-    "certify.bound": Key(listed(choice("auto", *BOUND_METHODS, "local"), what="auto, a bound method, local, or a list of them"), NOTHING),
-    "certify.local.method": Key(one_of(LOCAL_METHODS), {ROBUSTNESS}),
-    # 2^n vertex solves per input: at 14 one input's batch of solves is ~120 MB
-    "certify.local.max_unstable": Key(number(0, 14, integer=True), {ROBUSTNESS}),
-    "certify.local.refine": Key(NONNEG_INT, {ROBUSTNESS}),
-    "certify.local.steps": Key(POS_INT, {ROBUSTNESS}),
+    "certify.bound": Key(listed(choice("auto", *BOUND_METHODS, *CERTIFICATES),
+                                what=f"auto, a bound method, {', '.join(CERTIFICATES)}, or a list of them"), NOTHING),
+    **{f"certify.{name}.{key}": declared for name, certificate in CERTIFICATES.items()
+       for key, declared in certificate.keys.items()},  # with their certificates (src/certify/registry.py)
     "certify.rule": Key(listed(one_of(CERTIFY_RULES), what="a list"), NOTHING),
     "certify.lipschitz": Key(anything(), {ROBUSTNESS}),  # checked in _cross: a number > 0 or a classes x classes matrix
     "certify.eps": Key(listed(EPS, null=True, what="null (the dataset's grid) or a list of radii"), NOTHING),
@@ -255,6 +254,11 @@ def _cross(cfg: DictConfig) -> None:
                 select_methods(model.name, named)
             except ValueError as err:
                 raise ConfigError(str(err).replace("bound.methods", key)) from None
+    for name in OmegaConf.select(cfg, "certify.bound") or ():
+        if model is not None and name in CERTIFICATES and not CERTIFICATES[name].applies(model.name):
+            fits = [c for c, certificate in CERTIFICATES.items() if certificate.applies(model.name)]
+            raise ConfigError(f"certify.bound={name}: does not apply to model {model.name}; the certificates "
+                              f"that do: {fits or 'none'} (or any of its bounds: bound.methods)")
     lipschitz = cfg.get("certify", {}).get("lipschitz") if "certify" in cfg else None
     if lipschitz is not None:
         _check_given_lipschitz(OmegaConf.to_container(lipschitz) if OmegaConf.is_config(lipschitz) else lipschitz,
@@ -279,15 +283,16 @@ def is_lipschitz_value(plain, classes, failed_pairs: bool = False) -> bool:
 
 
 def _check_given_lipschitz(plain, classes, bounds) -> None:
-    """certify.lipschitz replaces every bound, so it cannot stand beside certify.bound=local (whose global
-    constants it would silently change)."""
+    """certify.lipschitz replaces every bound, so it cannot stand beside a certificate of CERTIFICATES (whose
+    global constants it would silently change)."""
     if not is_lipschitz_value(plain, classes):
         raise ConfigError(f"certify.lipschitz={plain!r}: allowed: a number > 0, a {classes or 'classes'} x "
                           f"{classes or 'classes'} matrix (dataset.num_classes), symmetric, > 0 off the diagonal, "
                           f"or null")
-    if "local" in (bounds if isinstance(bounds, list) else [bounds]):
-        raise ConfigError("certify.lipschitz replaces every bound, and certify.bound=local needs the global "
-                          "class-pair constants it computes: give one of them, not both")
+    for name in (bounds if isinstance(bounds, list) else [bounds]):
+        if name in CERTIFICATES:
+            raise ConfigError(f"certify.lipschitz replaces every bound, and certify.bound={name} needs the global "
+                              f"class-pair constants it computes: give one of them, not both")
 
 
 def _model_key(cfg: DictConfig, key: str) -> Rule:

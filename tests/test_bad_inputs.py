@@ -76,6 +76,8 @@ RULE_CASES = [
                                                    "anderson"),
     ("run", ["model=cnn", "model.size=xl"], "model.size='xl': allowed: one of sm, med, lg, or null"),
     ("run", ["splitting.name=broyden"], "splitting.name='broyden': allowed: one of fb, pr"),
+    # a certificate that does not apply to the model (src/certify/registry.py)
+    ("robustness", ["model=dnn", "certify.bound=local"], "certify.bound=local: does not apply to model dnn"),
 ]
 
 # The exit path, as a user meets it: one rule per app, and every refusal of a file, a dataset, a sweep,

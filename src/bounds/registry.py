@@ -61,8 +61,6 @@ METHODS: dict[str, Method] = {
 }
 # every method's settings, as the schema declares them (bound.<key>)
 METHOD_KEYS: dict[str, Key] = {key: declared for method in METHODS.values() for key, declared in method.keys.items()}
-# The local certificate's ways of bounding the network over a ball (src/certify/local.py)
-LOCAL_METHODS = ("vertex", "monotone")
 
 
 def select_methods(model_name: str, requested: Iterable[str] | None) -> list[str]:

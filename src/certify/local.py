@@ -290,6 +290,12 @@ def pair_constants(value, classes: int) -> torch.Tensor:
     return torch.full((classes, classes), math.sqrt(2.0) * float(value), dtype=torch.float64)
 
 
+def curve(net, x: torch.Tensor, labels: torch.Tensor, constant, eps, std, settings) -> dict:
+    """The certificate's curve (src/certify/registry.py): the local radii over the global `constant` (a
+    class-pair matrix or a scalar L) and the certify.local settings."""
+    return local_curve(net, x, labels, pair_constants(constant, net.Wout.out_features), eps, std, **settings)
+
+
 def local_curve(net, x: torch.Tensor, labels: torch.Tensor, pair: torch.Tensor, eps, std, method: str = "vertex",
                 max_unstable: int = 10, refine: int = 2, steps: int = 10) -> dict:
     """The certified-accuracy curve of the local certificate on normalised inputs x (N, C, H, W).
