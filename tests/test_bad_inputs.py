@@ -75,7 +75,7 @@ RULE_CASES = [
     ("run", ["model=mon_fc", "+model.channels=3"], "model.channels: not a key of model mon_fc; its keys: width, "
                                                    "anderson"),
     ("run", ["model=cnn", "model.size=xl"], "model.size='xl': allowed: one of sm, med, lg, or null"),
-    ("run", ["splitting.name=broyden"], "splitting.name='broyden': allowed: one of fb, pr"),
+    ("run", ["splitting.name=broyden"], "splitting.name='broyden': allowed: one of fb, pr"),  # and any registered
     # a certificate that does not apply to the model (src/certify/registry.py)
     ("robustness", ["model=dnn", "certify.bound=local"], "certify.bound=local: does not apply to model dnn"),
 ]
