@@ -27,8 +27,8 @@ from .certify.rules import RULES as CERTIFY_RULES
 from .data import DATASETS
 from .errors import ConfigError
 from .keys import (ANDERSON, DEVICE, EPS, EVERY, GENERALIZATION, LIMIT, NONNEG_INT, NOTHING, POS_INT,
-                   POSITIVE, PRECISIONS, ROBUSTNESS, RUN, SEED, UNIT_OPEN, Invalid, Key, Rule, anything, boolean,
-                   choice, fail, is_count, is_number, listed, number, one_of, show, text)
+                   POSITIVE, PRECISIONS, ROBUSTNESS, RUN, SEED, UNIT_OPEN, Key, Rule, anything, boolean,
+                   checked, choice, fail, is_count, is_number, listed, number, one_of, text)
 from .models import MODELS, model_keys
 from .mondeq.splitting import SPLITTING_KEYS
 
@@ -315,12 +315,9 @@ def check(cfg: DictConfig) -> None:
             raise ConfigError(f"{key}: unknown key (no app reads it)")
         rule = _model_key(cfg, key) if declared is KEYS["model.*"] else declared.rule
         plain = OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
-        try:
-            checked = rule.cast(plain)
-        except Invalid as err:
-            raise ConfigError(f"{key}={show(plain)}: allowed: {err}") from None
-        if checked is not plain and checked != plain or type(checked) is not type(plain):
-            updates.append((key, checked))
+        cast = checked(key, rule, plain)
+        if cast is not plain and cast != plain or type(cast) is not type(plain):
+            updates.append((key, cast))
     with open_dict(cfg):
         for key, value in updates:
             OmegaConf.update(cfg, key, value, merge=False)
