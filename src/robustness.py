@@ -141,6 +141,26 @@ def _merge(previous: dict | None, record: dict, origin: dict) -> dict:
     return merged
 
 
+def _save_counterexamples(path: Path, found: dict) -> None:
+    """The verified counterexamples of a curve: test index, distance (pixel units), the input in pixels, and
+    whether the float32 network as evaluated is fooled there too."""
+    import numpy as np
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_suffix(".tmp"), "wb") as f:
+        np.savez(f, **found)
+    path.with_suffix(".tmp").replace(path)
+    log.info(f"wrote {path} ({len(found['index'])} counterexamples)")
+
+
+def _box(curve: dict, mean, std):
+    """The pixel box [0, 1] in normalised units, for a curve that speaks of images only (`box`), else None."""
+    if not curve.get("box"):
+        return None
+    m, s = torch.tensor(mean).view(-1, 1, 1), torch.tensor(std).view(-1, 1, 1)
+    return (0 - m) / s, (1 - m) / s
+
+
 def evaluate(cfg: DictConfig, model, sha256: str, run_dir: Path, images: torch.Tensor, labels: torch.Tensor,
              check_model=None) -> dict:
     """The robustness.json record of `model` on pixel images (N, C, H, W) in [0, 1]."""
@@ -204,8 +224,12 @@ def evaluate(cfg: DictConfig, model, sha256: str, run_dir: Path, images: torch.T
         rules = [str(v) for v in cfg.certify.rule]
         for bound, value, source in sources:
             if bound in CERTIFICATES:
-                curve = certificate_module(bound).curve(model, x, labels, value, eps, std, cfg.certify[bound])
+                curve = certificate_module(bound).curve(model, x, labels, value, eps, cfg.certify[bound],
+                                                                pixels=images, mean=mean, std=std)
                 curve.update(bound=bound, source=source)
+                found = curve.pop("_counterexamples", None)
+                if found is not None:
+                    _save_counterexamples(run_dir / f"counterexamples_{bound}.npz", found)
                 curves[f"{bound}/{curve['rule']}"] = curve
                 log.info(f"certified [{bound}/{curve['rule']}]: "
                          + " ".join(f"{e:g}:{a:.3f}" for e, a in zip(eps, curve["accuracy"])))
@@ -222,7 +246,8 @@ def evaluate(cfg: DictConfig, model, sha256: str, run_dir: Path, images: torch.T
         start = time.perf_counter()
         for name, curve in curves.items():
             curve["audit"] = audit.audit(exact, x, labels, certify.certified_radii(curve, gaps, labels),
-                                         int(r.audit.steps), int(r.audit.restarts), batch, int(cfg.seed))
+                                         int(r.audit.steps), int(r.audit.restarts), batch, int(cfg.seed),
+                                         norm=curve.get("norm", "l2"), box=_box(curve, mean, std))
             log.info(f"audit [{name}]: {curve['audit']['counterexamples']} counterexamples in "
                      f"{curve['audit']['points']} certified balls")
         record["seconds"]["audit"] = time.perf_counter() - start
@@ -245,6 +270,8 @@ def evaluate(cfg: DictConfig, model, sha256: str, run_dir: Path, images: torch.T
         if curves:  # soundness: points certified at a PGD radius must survive the attack there
             checks = {}
             for name, curve in curves.items():
+                if curve.get("norm", "l2") != "l2":
+                    continue  # foolbox's attack is l2's
                 flipped, counted = [], []
                 for k, e in enumerate(eps):
                     cert = certify.curve_certified(curve, gaps, labels, certify.normalised_radius(e, std))

@@ -259,6 +259,11 @@ def _cross(cfg: DictConfig) -> None:
             fits = [c for c, certificate in CERTIFICATES.items() if certificate.applies(model.name)]
             raise ConfigError(f"certify.bound={name}: does not apply to model {model.name}; the certificates "
                               f"that do: {fits or 'none'} (or any of its bounds: bound.methods)")
+    std = OmegaConf.select(cfg, "dataset.std")
+    if "exact" in (OmegaConf.select(cfg, "certify.bound") or ()) and std is not None and len(set(std)) > 1:
+        raise ConfigError(f"certify.bound=exact: dataset.std={list(std)} differs between channels, and the exact "
+                          f"certificate's balls (and their audit) are pixel balls of one scale; allowed: datasets "
+                          f"with one std (mnist, mnist5k, fashion_mnist, 1-channel synthetic)")
     lipschitz = cfg.get("certify", {}).get("lipschitz") if "certify" in cfg else None
     if lipschitz is not None:
         _check_given_lipschitz(OmegaConf.to_container(lipschitz) if OmegaConf.is_config(lipschitz) else lipschitz,

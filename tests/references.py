@@ -4,12 +4,16 @@ limited) to be methods of the project.
 - `seqlip_exact`: SeqLip with the max over activation patterns enumerated (`brute_force_pattern`), a
   guaranteed upper bound for small nets; the greedy SeqLip of src/bounds/feedforward.py never exceeds it.
 - `random_search`: random points of each pixel ball, a second attack beside PGD.
+- `exact_radius`: a monDEQ's exact distance to its decision boundary, l2 or l_inf, with or without a
+  box, as the smallest of one convex problem per activation pattern of every neuron and class.
 """
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Sequence
 
+import cvxpy as cp
 import numpy as np
 import torch
 from torch import nn
@@ -70,3 +74,34 @@ def random_search(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, 
         p = (images + d).clamp(0.0, 1.0)
         fooled |= model((p - mean_t) / std_t).argmax(1) != labels
     return fooled
+
+
+def exact_radius(dm, x0: np.ndarray, label: int, norm: str = "l2", box: tuple[float, float] | None = None) -> float:
+    """The exact distance (l2 or l_inf) from x0 to a point of the box where some f_j >= f_y: the minimum
+    over all 2^h activation patterns S (z affine on S's region) and classes j of a convex problem,
+    infeasible ones skipped.  No stable set, no bound: every pattern is solved."""
+    h, d = dm.U.shape
+    W, U, b, C, bo = (t.numpy() for t in (dm.W, dm.U, dm.b, dm.C, dm.b_out))
+    x = cp.Variable(d)
+    A, a = cp.Parameter((h, d)), cp.Parameter(h)
+    g, c0 = cp.Parameter(d), cp.Parameter()
+    size = cp.sum_squares(x - x0) if norm == "l2" else cp.norm(x - x0, "inf")
+    cons = [A @ x <= a, g @ x + c0 <= 0] + ([] if box is None else [x >= box[0], x <= box[1]])
+    problem = cp.Problem(cp.Minimize(size), cons)
+    best = math.inf
+    for pattern in itertools.product([0.0, 1.0], repeat=h):
+        E = np.diag(pattern)
+        Z = np.linalg.solve(np.eye(h) - E @ W @ E, E)           # z = Z (U x + b) on this pattern
+        V = W @ Z + np.eye(h)                                   # v = V (U x + b)
+        sign = 1 - 2 * np.asarray(pattern)                      # v_i >= 0 where active: -v_i <= 0
+        A.value, a.value = (sign[:, None] * (V @ U)), -(sign * (V @ b))
+        for j in range(C.shape[1]):
+            if j == label:
+                continue
+            row = (C[:, label] - C[:, j]) @ Z                   # margin = row (U x + b) + bo_y - bo_j
+            g.value, c0.value = row @ U, row @ b + bo[label] - bo[j]
+            problem.solve(solver=cp.CLARABEL)
+            if problem.status == cp.OPTIMAL:
+                value = max(problem.value, 0.0)
+                best = min(best, math.sqrt(value) if norm == "l2" else value)
+    return best

@@ -11,11 +11,10 @@ from __future__ import annotations
 import itertools
 import math
 
-import cvxpy as cp
-import numpy as np
 import pytest
 import torch
 
+from references import exact_radius
 from src.certify import rules as certify
 from src.certify import local
 from src.mondeq import dense
@@ -75,33 +74,6 @@ def pgd_worst(net, x0, labels, radius, restarts: int, steps: int, seed: int) -> 
                 x = x0 + delta * (radius / delta.norm(dim=1).clamp_min(1e-30)).clamp(max=1)[:, None]
         with torch.no_grad():
             best = torch.minimum(best, worst_margin(net, x, labels))
-    return best
-
-
-def exact_radius(dm: dense.DenseMonDEQ, x0: np.ndarray, label: int) -> float:
-    """The exact l2 distance from x0 to a point where some f_j >= f_y: min over activation patterns S
-    (z affine on S's region) and classes j of a QP, infeasible ones skipped."""
-    h, d = dm.U.shape
-    W, U, b, C, bo = (t.numpy() for t in (dm.W, dm.U, dm.b, dm.C, dm.b_out))
-    x = cp.Variable(d)
-    A, a = cp.Parameter((h, d)), cp.Parameter(h)
-    g, c0 = cp.Parameter(d), cp.Parameter()
-    problem = cp.Problem(cp.Minimize(cp.sum_squares(x - x0)), [A @ x <= a, g @ x + c0 <= 0])
-    best = math.inf
-    for pattern in itertools.product([0.0, 1.0], repeat=h):
-        E = np.diag(pattern)
-        Z = np.linalg.solve(np.eye(h) - E @ W @ E, E)           # z = Z (U x + b) on this pattern
-        V = W @ Z + np.eye(h)                                   # v = V (U x + b)
-        sign = 1 - 2 * np.asarray(pattern)                      # v_i >= 0 where active: -v_i <= 0
-        A.value, a.value = (sign[:, None] * (V @ U)), -(sign * (V @ b))
-        for j in range(C.shape[1]):
-            if j == label:
-                continue
-            row = (C[:, label] - C[:, j]) @ Z                   # margin = row (U x + b) + bo_y - bo_j
-            g.value, c0.value = row @ U, row @ b + bo[label] - bo[j]
-            problem.solve(solver=cp.CLARABEL)
-            if problem.status == cp.OPTIMAL:
-                best = min(best, math.sqrt(max(problem.value, 0.0)))
     return best
 
 

@@ -54,6 +54,7 @@ import torch
 from ..errors import ConfigError
 from ..mondeq.dense import DenseMonDEQ, dense_mondeq, equilibrium, live_units
 from ..mondeq.networks import MonDEQNet
+from .balls import Ball
 from .rules import ROUNDING, Gaps, clears, gaps_of, radius
 
 # Dense (h x h) per-point solves: beyond this state size the method is refused (a
@@ -86,8 +87,9 @@ def _outputs(dm: DenseMonDEQ, labels: torch.Tensor):
     return c, e
 
 
-def _vertex_sup(dm: DenseMonDEQ, active, unstable, lo, hi, c, e):
+def _vertex_sup(dm: DenseMonDEQ, active, unstable, lo, hi, c, e, ball: Ball | None = None):
     """max over the slope box's vertices of ||grad o|| (N, q) for every output; all points have the same n.
+    With a `ball` (its rows: these points), the largest change |o(x) - o(x0)| over it instead.
 
     active (N, h): stable and active at the centre; unstable (N, n): indices; lo, hi (N, n): slope box.
     z_A = (I - W_AA)^-1 (u_A + W_AN z_N) on the stable active set A; eliminating it,
@@ -101,22 +103,36 @@ def _vertex_sup(dm: DenseMonDEQ, active, unstable, lo, hi, c, e):
     mask = a[:, :, None] * a[:, None, :]
     Ainv = torch.linalg.inv(eye - dm.W * mask) * mask                               # (N, h, h)
     r0 = Ainv.transpose(1, 2) @ c + e                                               # (N, h, q)
-    b0 = (r0 * (dm.G @ r0)).sum(1)                                                  # (N, q)
     if n == 0:
-        return b0.clamp_min(0).sqrt()
+        if ball is not None:
+            return ball.magnitude(torch.einsum("hd,nhq->nqd", dm.U, r0))
+        return (r0 * (dm.G @ r0)).sum(1).clamp_min(0).sqrt()
     sel = torch.nn.functional.one_hot(unstable, h).double().transpose(1, 2)         # (N, h, n)
     WA = dm.W @ Ainv
     V = sel + Ainv @ dm.W @ sel                                                     # (N, h, n)
     T = sel.transpose(1, 2) @ (eye + WA)                                            # (N, n, h)
     Cm = torch.eye(n, dtype=torch.float64) - sel.transpose(1, 2) @ (dm.W + WA @ dm.W) @ sel
     phi = V.transpose(1, 2) @ c                                                     # (N, n, q)
+    bits = ((torch.arange(2 ** n)[:, None] >> torch.arange(n)) & 1).double()       # (P, n)
+
+    def vertex_w(chosen):
+        D = lo[:, None] + chosen * (hi - lo)[:, None]                                # (N, P, n)
+        M = Cm.transpose(1, 2)[:, None] * D[:, :, None, :] + torch.diag_embed(1 - D)  # C^T D + I - D
+        return D.unsqueeze(-1) * torch.linalg.solve(M, phi[:, None].expand(-1, D.shape[1], -1, -1))
+
+    if ball is not None:  # the gradients themselves, a chunk of vertices at a time
+        out = torch.zeros(N, c.shape[2], dtype=torch.float64)
+        step = max(1, CHUNK_BYTES // (N * c.shape[2] * dm.U.shape[1] * 8 * 4))
+        for s in range(0, len(bits), step):
+            R = r0[:, None] + T.transpose(1, 2)[:, None] @ vertex_w(bits[s:s + step])  # (N, P, h, q)
+            g = torch.einsum("hd,nphq->npqd", dm.U, R)
+            out = torch.maximum(out, ball.magnitude(g).amax(1))
+        return out
+    b0 = (r0 * (dm.G @ r0)).sum(1)                                                  # (N, q)
     TG = T @ dm.G
     Q = TG @ T.transpose(1, 2)                                                      # (N, n, n)
     lin = TG @ r0                                                                   # (N, n, q)
-    bits = ((torch.arange(2 ** n)[:, None] >> torch.arange(n)) & 1).double()       # (P, n)
-    D = lo[:, None] + bits * (hi - lo)[:, None]                                     # (N, P, n)
-    M = Cm.transpose(1, 2)[:, None] * D[:, :, None, :] + torch.diag_embed(1 - D)    # C^T D + I - D
-    w = D.unsqueeze(-1) * torch.linalg.solve(M, phi[:, None].expand(-1, D.shape[1], -1, -1))
+    w = vertex_w(bits)
     sq = b0[:, None] + 2 * (w * lin[:, None]).sum(2) + (w * (Q[:, None] @ w)).sum(2)  # (N, P, q)
     return sq.amax(1).clamp_min(0).sqrt()
 
@@ -138,8 +154,9 @@ def _by_count(unstable_mask):
         yield rows, idx
 
 
-def box_sup(dm: DenseMonDEQ, method: str, v0, stable, lo, hi, c, e) -> torch.Tensor:
-    """(N, q) bounds of ||grad o|| over the slope box: stable neurons fixed, the others in [lo, hi].
+def box_sup(dm: DenseMonDEQ, method: str, v0, stable, lo, hi, c, e, ball: Ball | None = None) -> torch.Tensor:
+    """(N, q) bounds of ||grad o|| over the slope box: stable neurons fixed, the others in [lo, hi]; with
+    a `ball` (one row per point), bounds of the change |o(x) - o(x0)| over it (the vertex bound only).
 
     Arguments are per point (N, h); lo and hi are read at the unstable neurons.
     """
@@ -150,10 +167,13 @@ def box_sup(dm: DenseMonDEQ, method: str, v0, stable, lo, hi, c, e) -> torch.Ten
     for rows, idx in _by_count(~stable):
         n = idx.shape[1]
         per_point = (2 ** n) * max(n, 1) * (c.shape[2] + n) * 8
+        if ball is not None:
+            per_point = (2 ** n) * c.shape[2] * dm.U.shape[1] * 8 * 4
         step = max(1, CHUNK_BYTES // per_point)
         for s in range(0, len(rows), step):
             r, i = rows[s:s + step], idx[s:s + step]
-            out[r] = _vertex_sup(dm, active[r], i, lo[r].gather(1, i), hi[r].gather(1, i), c[r], e)
+            out[r] = _vertex_sup(dm, active[r], i, lo[r].gather(1, i), hi[r].gather(1, i), c[r], e,
+                                 None if ball is None else ball.rows(r))
     return out
 
 
@@ -189,6 +209,55 @@ def _below(change, size):
     return change + ROUNDING * (change + size) < size
 
 
+def _stable_set(dm: DenseMonDEQ, cen: Centres, scale: torch.Tensor, method: str, max_unstable: int, refine: int,
+                ball: Ball | None = None):
+    """The largest self-consistent stable set at each point and the bounds it proves.
+
+    Without a ball the changes over the l2 ball of radius `scale` (N,) are scale * box_sup; with one,
+    scale is 1 and box_sup bounds the changes over the ball itself.  Returns (stable (N, h), sup (N, q),
+    found (N,), first (N, q): sup before the slopes were narrowed), sup inf where no stable set was found.
+    """
+    N, h = cen.v0.shape
+    size = cen.v0.abs()
+    stable = cen.v0 != 0
+    zero, one = torch.zeros_like(cen.v0), torch.ones_like(cen.v0)
+    sup = torch.full((N, cen.c.shape[2]), math.inf, dtype=torch.float64)
+    todo = cen.ok.clone()
+
+    def bounds(rows, now_stable, lo, hi):
+        return box_sup(dm, method, cen.v0[rows], now_stable, lo, hi, cen.c[rows], cen.e,
+                       None if ball is None else ball.rows(rows))
+
+    # the largest self-consistent stable set, slopes of the others in [0, 1]
+    for _ in range(h + 1):
+        if not todo.any():
+            break
+        rows = todo.nonzero().squeeze(1)
+        sup[rows] = bounds(rows, stable[rows], zero[rows], one[rows])
+        keep = stable[rows] & _below(scale[rows, None] * sup[rows, :h], size[rows])
+        changed = (keep != stable[rows]).any(1)
+        stable[rows] = keep
+        over = (~keep).sum(1) > (max_unstable if method == "vertex" else h)  # the cap bounds 2^n solves
+        sup[rows[over]] = math.inf  # given up: only the global constants certify these
+        todo[rows] = changed & ~over
+    found = cen.ok & sup[:, 0].isfinite()
+    first = sup.clone()
+    if method == "vertex":  # narrow the unstable slopes with the proved bounds |v - v0| <= eps rho
+        for _ in range(refine):
+            rows = found.nonzero().squeeze(1)
+            if len(rows) == 0:
+                break
+            r = scale[rows, None] * sup[rows, :h]
+            now_stable = stable[rows] | _below(r, size[rows])
+            ratio = (size[rows] / r).clamp(max=1)
+            lo = torch.where(cen.v0[rows] > 0, ratio, zero[rows])
+            hi = torch.where(cen.v0[rows] > 0, one[rows], 1 - ratio)
+            new = bounds(rows, now_stable, lo, hi)
+            stable[rows] = now_stable
+            sup[rows] = torch.minimum(sup[rows], new)
+    return stable, sup, found, first
+
+
 def check(dm: DenseMonDEQ, cen: Centres, eps: torch.Tensor, method: str = "vertex", max_unstable: int = 10,
           refine: int = 2) -> dict:
     """Which points the local certificate proves robust at their radius eps (N,), normalised units.
@@ -199,44 +268,33 @@ def check(dm: DenseMonDEQ, cen: Centres, eps: torch.Tensor, method: str = "verte
     centred (N, classes): bounds of |gap(x) - gap(x0)| / ||x - x0|| on the ball (the narrowed slopes:
     what certifies; <= lipschitz), both inf where the stable set was not found}.
     """
-    N, h = cen.v0.shape
-    size = cen.v0.abs()
-    stable = cen.v0 != 0
-    zero, one = torch.zeros_like(cen.v0), torch.ones_like(cen.v0)
-    sup = torch.full((N, cen.c.shape[2]), math.inf, dtype=torch.float64)
-    todo = cen.ok.clone()
-    # the largest self-consistent stable set, slopes of the others in [0, 1]
-    for _ in range(h + 1):
-        if not todo.any():
-            break
-        rows = todo.nonzero().squeeze(1)
-        sup[rows] = box_sup(dm, method, cen.v0[rows], stable[rows], zero[rows], one[rows], cen.c[rows], cen.e)
-        keep = stable[rows] & _below(eps[rows, None] * sup[rows, :h], size[rows])
-        changed = (keep != stable[rows]).any(1)
-        stable[rows] = keep
-        over = (~keep).sum(1) > (max_unstable if method == "vertex" else h)  # the cap bounds 2^n solves
-        sup[rows[over]] = math.inf  # given up: only the global constants certify these
-        todo[rows] = changed & ~over
-    found = cen.ok & sup[:, 0].isfinite()
-    lipschitz = sup[:, h:].clone()
-    if method == "vertex":  # narrow the unstable slopes with the proved bounds |v - v0| <= eps rho
-        for _ in range(refine):
-            rows = found.nonzero().squeeze(1)
-            if len(rows) == 0:
-                break
-            r = eps[rows, None] * sup[rows, :h]
-            now_stable = stable[rows] | _below(r, size[rows])
-            ratio = (size[rows] / r).clamp(max=1)
-            lo = torch.where(cen.v0[rows] > 0, ratio, zero[rows])
-            hi = torch.where(cen.v0[rows] > 0, one[rows], 1 - ratio)
-            new = box_sup(dm, method, cen.v0[rows], now_stable, lo, hi, cen.c[rows], cen.e)
-            stable[rows] = now_stable
-            sup[rows] = torch.minimum(sup[rows], new)
+    h = cen.v0.shape[1]
+    stable, sup, found, first = _stable_set(dm, cen, eps, method, max_unstable, refine)
     centred = sup[:, h:]
     constants = torch.minimum(centred, cen.pair)
     certified = (found & _certifies(cen, constants, eps)) | (cen.ok & _certifies(cen, cen.pair, eps))
     unstable = torch.where(found, (~stable).sum(1), torch.full_like(eps, -1, dtype=torch.long))
-    return {"certified": certified, "unstable": unstable, "lipschitz": lipschitz, "centred": centred}
+    return {"certified": certified, "unstable": unstable, "lipschitz": first[:, h:], "centred": centred}
+
+
+def ball_check(dm: DenseMonDEQ, cen: Centres, ball: Ball, max_unstable: int = 10, refine: int = 2) -> dict:
+    """The vertex bound over any ball of src/certify/balls.py (l2 or l_inf, with or without a box).
+
+    Returns {certified (N,), stable (N, h) the proved stable neurons, reach (N, q) bounds of |o(x) - o(x0)|
+    over the ball for every output (the h pre-activations, then f_y - f_j), found (N,)}.  For an l2 ball
+    the global class-pair constants certify too (the ball lies in the l2 ball they speak of).
+    """
+    h = cen.v0.shape[1]
+    if ball.norm == "l2":  # the whole l2 ball (a box only shrinks it): its quadratic forms are far cheaper
+        stable, sup, found, _ = _stable_set(dm, cen, ball.radius, "vertex", max_unstable, refine)
+        reach = ball.radius[:, None] * sup
+    else:
+        ones = torch.ones(len(cen.v0), dtype=torch.float64)
+        stable, reach, found, _ = _stable_set(dm, cen, ones, "vertex", max_unstable, refine, ball)
+    certified = found & clears(cen.margins, reach[:, h:])
+    if ball.norm == "l2":
+        certified |= cen.ok & _certifies(cen, cen.pair, ball.radius)
+    return {"certified": certified, "stable": stable, "reach": reach, "found": found}
 
 
 def certified_radii(dm: DenseMonDEQ, cen: Centres, method: str = "vertex", max_unstable: int = 10,
@@ -290,7 +348,7 @@ def pair_constants(value, classes: int) -> torch.Tensor:
     return torch.full((classes, classes), math.sqrt(2.0) * float(value), dtype=torch.float64)
 
 
-def curve(net, x: torch.Tensor, labels: torch.Tensor, constant, eps, std, settings) -> dict:
+def curve(net, x: torch.Tensor, labels: torch.Tensor, constant, eps, settings, *, pixels, mean, std) -> dict:
     """The certificate's curve (src/certify/registry.py): the local radii over the global `constant` (a
     class-pair matrix or a scalar L) and the certify.local settings."""
     return local_curve(net, x, labels, pair_constants(constant, net.Wout.out_features), eps, std, **settings)

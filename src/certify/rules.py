@@ -135,8 +135,8 @@ def certified_at(gaps: Gaps, labels, lipschitz, eps_norm: float, rule: str) -> t
 
 def curve_certified(curve: dict, gaps: Gaps, labels, eps_norm: float) -> torch.Tensor:
     """Boolean (N,): the points a curve of robustness.json certifies at normalised radius eps_norm;
-    a `local` curve by its per-input radii (certified where eps < radius), the others by their L."""
-    if curve["rule"] == "local":
+    a curve with per-input radii (local, exact) by them (certified where eps < radius), the others by their L."""
+    if "radii_normalised" in curve:
         return torch.tensor(curve["radii_normalised"], dtype=torch.float64) > float(eps_norm)
     return certified_at(gaps, labels, curve["lipschitz"], eps_norm, curve["rule"])
 
@@ -150,7 +150,7 @@ def radius(gaps: Gaps, per_pair: torch.Tensor) -> torch.Tensor:
 
 def certified_radii(curve: dict, gaps: Gaps, labels) -> torch.Tensor:
     """(N,) each point's certified radius in normalised units (certified at eps < radius; 0: none)."""
-    if curve["rule"] == "local":
+    if "radii_normalised" in curve:
         return torch.tensor(curve["radii_normalised"], dtype=torch.float64)
     if isinstance(curve["lipschitz"], (list, tuple)):
         per_pair = pair_matrix(curve["lipschitz"], gaps.low.shape[1])[labels]
