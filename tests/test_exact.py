@@ -21,9 +21,7 @@ from src.certify.balls import Ball
 from src.certify.exact_model import ExactModel
 from src.errors import ConfigError
 from src.mondeq import dense
-from src.mondeq.networks import MonFCNet
-from src.mondeq.splitting import SolverConfig
-from test_local_certificates import CLASSES, global_pairs, random_net, worst_margin
+from test_local_certificates import CLASSES, global_pairs, random_net, synthetic_case, worst_margin
 
 VARIANTS = [("l2", False), ("l2", True), ("linf", False), ("linf", True)]
 
@@ -159,17 +157,7 @@ def test_robustness_record_has_an_exact_curve_its_counterexamples_and_an_audit(c
                    "dataset.num_classes=3", "certify.bound=[local,exact]", "robustness.device=cpu",
                    "robustness.methods=[certified]", "robustness.progress=false",
                    "certify.eps=[0.05,0.1,0.2,0.5]"], config_name="robustness")
-    solver = SolverConfig(name="pr", alpha=1.0, fwd_tol=1e-6, fwd_max_iter=5000, bwd_tol=1e-6, bwd_max_iter=5000)
-    torch.manual_seed(0)
-    net = MonFCNet((1, 3, 3), CLASSES, width=8, m=1.0, solver=solver)
-    with torch.no_grad():
-        for p in net.parameters():
-            p.mul_(2.0)
-    images = torch.rand(30, 1, 3, 3, generator=torch.Generator().manual_seed(14))
-    x = (images - 0.5) / 0.2898
-    with torch.no_grad():
-        labels = net(x).argmax(1)
-    labels[:3] = (labels[:3] + 1) % CLASSES
+    net, images, labels = synthetic_case(30, wrong=3)
     record = evaluate(cfg, net, "sha", tmp_path, images, labels)
     curve = record["certified_curves"]["exact/exact"]
     loc = record["certified_curves"]["local/local"]

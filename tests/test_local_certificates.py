@@ -38,6 +38,22 @@ def random_net(in_dim: int, width: int, m: float, seed: int, scale: float = 1.0)
     return net.eval()
 
 
+def synthetic_case(n: int, wrong: int):
+    """(net, images, labels): a width-8 FC monDEQ on the synthetic dataset's 1 x 3 x 3 pixel images (mean
+    0.5, std 0.2898), labelled by itself but for the first `wrong`, misclassified (radius 0)."""
+    torch.manual_seed(0)
+    solver = SolverConfig(name="pr", alpha=1.0, fwd_tol=1e-6, fwd_max_iter=5000, bwd_tol=1e-6, bwd_max_iter=5000)
+    net = MonFCNet((1, 3, 3), CLASSES, width=8, m=1.0, solver=solver)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.mul_(2.0)
+    images = torch.rand(n, 1, 3, 3, generator=torch.Generator().manual_seed(14))
+    with torch.no_grad():
+        labels = net((images - 0.5) / 0.2898).argmax(1)
+    labels[:wrong] = (labels[:wrong] + 1) % CLASSES
+    return net, images, labels
+
+
 def global_pairs(net) -> torch.Tensor:
     return local.pair_constants(sdp_pairwise(net)["matrix"], CLASSES)
 
@@ -289,21 +305,11 @@ def test_robustness_record_has_a_local_curve_with_radii(compose, tmp_path):
     class-pair SDP's at every radius, stays at or below clean accuracy, PGD breaks none of its points."""
     from src.robustness import evaluate
 
-    torch.manual_seed(0)
     cfg = compose(["model=mon_fc", "model.width=8", "m=1", "dataset=synthetic", "dataset.in_shape=[1,3,3]",
                    "dataset.num_classes=3", "certify.bound=[sdp_pairwise,local]", "robustness.device=cpu",
                    "robustness.pgd.steps=10", "robustness.pgd.eps=[0.05,0.2]", "robustness.progress=false",
                    "certify.eps=[0.01,0.05,0.1,0.2,0.5]"], config_name="robustness")
-    solver = SolverConfig(name="pr", alpha=1.0, fwd_tol=1e-6, fwd_max_iter=5000, bwd_tol=1e-6, bwd_max_iter=5000)
-    net = MonFCNet((1, 3, 3), CLASSES, width=8, m=1.0, solver=solver)
-    with torch.no_grad():
-        for p in net.parameters():
-            p.mul_(2.0)
-    images = torch.rand(40, 1, 3, 3, generator=torch.Generator().manual_seed(14))
-    x = (images - 0.5) / 0.2898
-    with torch.no_grad():
-        labels = net(x).argmax(1)
-    labels[:4] = (labels[:4] + 1) % CLASSES  # a few misclassified points: radius 0
+    net, images, labels = synthetic_case(40, wrong=4)
     record = evaluate(cfg, net, "sha", tmp_path, images, labels)
     curve = record["certified_curves"]["local/local"]
     pair = record["certified_curves"]["sdp_pairwise/pairwise"]

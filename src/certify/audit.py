@@ -15,27 +15,20 @@ import math
 
 import torch
 
-from .balls import Ball
+from .balls import INSIDE, Ball
 from .rules import margins
 from .exact_model import ExactModel
 from ..progress import ticking
-
-INSIDE = 1 - 2.0 ** -20  # the balls are open (certified at eps < radius): attack just inside
-
 
 def _pgd(net, ball: Ball, labels, steps: int, start: torch.Tensor, shape) -> torch.Tensor:
     """PGD minimising the worst margin in each ball, steps of 2.5 radius / steps (Madry et al.): along the
     normalised gradient (l2) or its sign (l_inf), projected back into the ball (and box)."""
     x = ball.project(ball.centre + start)
-    step = (2.5 * ball.radius / steps)[:, None]
+    step = 2.5 * ball.radius / steps
     for _ in range(steps):
         x = x.detach().requires_grad_(True)
         (grad,) = torch.autograd.grad(margins(net(x.view(-1, *shape)), labels).sum(), x)
-        if ball.norm == "linf":
-            x = x - step * grad.sign()
-        else:
-            x = x - step * grad / grad.norm(dim=1, keepdim=True).clamp_min(1e-300)
-        x = ball.project(x.detach())
+        x = ball.descend(x.detach(), grad, step)
     return x.detach().view(-1, *shape)
 
 
@@ -63,7 +56,7 @@ def audit(exact: ExactModel, x: torch.Tensor, labels: torch.Tensor, radii: torch
     for i in ticking(starts, len(starts), "audit"):
         r = rows[i:i + batch_size]
         x0 = x[r].to(device, torch.float64).flatten(1)
-        ball = Ball(x0, (radii[r] * INSIDE).to(device, torch.float64), norm, lo, hi)
+        ball = Ball(x0, (radii[r] * INSIDE).to(device, torch.float64), norm, lo, hi)  # the balls are open
         y = labels[r].to(device)
         for k in range(restarts):
             start = torch.zeros_like(x0)

@@ -23,6 +23,8 @@ import torch
 from .registry import NORMS
 
 BISECTION = 60  # halvings of log(mu): relative precision 2^-60 of the log-bracket below
+# Balls are attacked, and counterexamples checked, this much inside (rounding at the sphere never decides)
+INSIDE = 1 - 2.0 ** -20
 
 
 @dataclass
@@ -41,7 +43,7 @@ class Ball:
     def rows(self, rows) -> "Ball":
         return Ball(self.centre[rows], self.radius[rows], self.norm, self.lo, self.hi)
 
-    def _interval(self, shape):
+    def interval(self, shape):
         """a, b (N, 1.., d): the coordinate-wise range of x - x0 (l_inf: radius and box; l2: box only)."""
         n, d = self.centre.shape
         view = (n,) + (1,) * (len(shape) - 2) + (d,)
@@ -61,7 +63,7 @@ class Ball:
         r = self.radius.view(-1, *(1,) * (g.dim() - 2))
         if self.norm == "l2" and self.lo is None:
             return r * g.norm(dim=-1)
-        a, b = self._interval(g.shape)
+        a, b = self.interval(g.shape)
         box = torch.maximum(g * a, g * b).sum(-1)
         if self.norm == "linf":
             return box
@@ -75,7 +77,7 @@ class Ball:
         r = self.radius.view(-1, *(1,) * (g.dim() - 1))
         if self.norm == "l2" and self.lo is None:
             return r * g / g.norm(dim=-1, keepdim=True).clamp_min(1e-300)
-        a, b = self._interval(g.shape)
+        a, b = self.interval(g.shape)
         if self.norm == "linf":
             return torch.where(g > 0, b, a)
         t = (g / _ball_multiplier(g, a, b, r.squeeze(-1))[..., None]).clamp(a, b)
@@ -95,6 +97,17 @@ class Ball:
             return self.centre + torch.minimum(torch.maximum(delta, -r), r)
         scale = (self.radius / delta.norm(dim=1).clamp_min(1e-300)).clamp(max=1)
         return self.centre + delta * scale[:, None]
+
+    def descend(self, x: torch.Tensor, grad: torch.Tensor, step: torch.Tensor) -> torch.Tensor:
+        """One PGD step of length `step` (N,) against grad in the ball's norm (the normalised gradient for
+        l2, its sign for l_inf), projected back into S."""
+        if self.norm == "linf":
+            return self.project(x - step[:, None] * grad.sign())
+        return self.project(x - step[:, None] * grad / grad.norm(dim=1, keepdim=True).clamp_min(1e-300))
+
+    def pulled(self, x: torch.Tensor) -> torch.Tensor:
+        """x moved INSIDE of the way from the centre (a point of S stays in S, away from its sphere)."""
+        return self.centre + (x - self.centre) * INSIDE
 
     def norm_of(self, delta: torch.Tensor) -> torch.Tensor:
         return distance(delta, torch.zeros_like(delta), self.norm)

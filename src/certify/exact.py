@@ -45,7 +45,6 @@ from .local import centres, check_applies as local_applies, pair_constants, ball
 from .rules import ROUNDING
 
 ROBUST, NOT_ROBUST, UNDECIDED = 1, 0, -1
-INSIDE = 1 - 2.0 ** -20  # counterexamples are pulled this much towards the centre before they are checked
 CANDIDATES = 256          # regions whose lambda = 0 minimiser is tried as a counterexample, per decision
 
 
@@ -53,14 +52,18 @@ def check_applies(net) -> None:
     local_applies(net)
 
 
+def per_coordinate(values, shape) -> torch.Tensor:
+    """Per-channel values (mean or std) repeated over each channel's coordinates of a flattened input."""
+    per = math.prod(shape[1:])
+    out = torch.tensor([float(v) for v in values], dtype=torch.float64).repeat_interleave(per)
+    if len(out) != shape[0] * per:
+        raise ConfigError(f"certify.bound=exact: mean/std have {len(values)} channels, the inputs {shape[0]}")
+    return out
+
+
 def pixel_view(dm: DenseMonDEQ, mean, std, shape) -> DenseMonDEQ:
     """dm on pixel inputs p (x = (p - mean) / std per channel): U / std, b - U mean / std."""
-    channels = shape[0]
-    per = math.prod(shape[1:])
-    s = torch.tensor([float(v) for v in std], dtype=torch.float64).repeat_interleave(per)
-    mu = torch.tensor([float(v) for v in mean], dtype=torch.float64).repeat_interleave(per)
-    if len(s) != channels * per:
-        raise ConfigError(f"certify.bound=exact: mean/std have {len(std)} channels, the inputs {channels}")
+    s, mu = per_coordinate(std, shape), per_coordinate(mean, shape)
     U = dm.U / s
     return dataclasses.replace(dm, U=U, b=dm.b - U @ mu, G=U @ U.T)
 
@@ -68,9 +71,9 @@ def pixel_view(dm: DenseMonDEQ, mean, std, shape) -> DenseMonDEQ:
 # --------------------------------------------------------------------------- verified counterexamples
 
 def verified(dm: DenseMonDEQ, ball: Ball, labels: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """(N,) x (pulled INSIDE towards the centre) lies in the ball and box and the exact model's worst
+    """(N,) x (ball.pulled towards the centre) lies in the ball and box and the exact model's worst
     margin there is <= 0 beyond rounding.  Rows of x that are nan are not."""
-    x = ball.centre + (x - ball.centre) * INSIDE
+    x = ball.pulled(x)
     ok_x = ~x.isnan().any(1)
     x = torch.where(ok_x[:, None], x, ball.centre)
     z, _, ok = equilibrium(dm, x)
@@ -83,10 +86,6 @@ def verified(dm: DenseMonDEQ, ball: Ball, labels: torch.Tensor, x: torch.Tensor)
     return ok_x & ok & fooled & ball.contains(x)
 
 
-def pulled(ball: Ball, x: torch.Tensor) -> torch.Tensor:
-    return ball.centre + (x - ball.centre) * INSIDE
-
-
 def attack(dm: DenseMonDEQ, ball: Ball, labels: torch.Tensor, steps: int, restarts: int, seed: int = 0):
     """PGD on the exact model (float64, the equilibrium of each iterate's own pattern, its exact gradient)
     minimising the worst margin in the ball: (x (N, d), found (N,)) with the verified counterexamples."""
@@ -96,7 +95,7 @@ def attack(dm: DenseMonDEQ, ball: Ball, labels: torch.Tensor, steps: int, restar
     found = torch.zeros(N, dtype=torch.bool)
     eye = torch.eye(dm.W.shape[0], dtype=torch.float64)
     diff = dm.C[:, labels].T[:, :, None] - dm.C[None]                                # (N, h, classes)
-    step = (2.5 * ball.radius / max(steps, 1))[:, None]
+    step = 2.5 * ball.radius / max(steps, 1)
     for k in range(restarts):
         x = ball.centre.clone()
         if k:
@@ -111,14 +110,9 @@ def attack(dm: DenseMonDEQ, ball: Ball, labels: torch.Tensor, steps: int, restar
             j = gap.argmin(1)
             c = diff[torch.arange(N), :, j]                                                # (N, h)
             r = torch.linalg.solve(eye - dm.W.T * D[:, None, :], c.unsqueeze(-1)).squeeze(-1)
-            grad = (D * r) @ dm.U                                                          # d gap / dx
-            if ball.norm == "linf":
-                x = x - step * grad.sign()
-            else:
-                x = x - step * grad / grad.norm(dim=1, keepdim=True).clamp_min(1e-300)
-            x = ball.project(x)
+            x = ball.descend(x, (D * r) @ dm.U, step)                                      # d gap / dx
             hit = ~found & verified(dm, ball, labels, x)
-            best[hit] = pulled(ball, x)[hit]
+            best[hit] = ball.pulled(x)[hit]
             found |= hit
             if found.all():
                 return best, found
@@ -175,7 +169,7 @@ class RegionSolver:
         self.penalty = cp.Parameter(nonneg=True)
         self.rows = self.alpha + self.B @ self.delta + self.slack >= 0
         cons = [self.rows]
-        lo, hi = ball._interval((1, d))
+        lo, hi = ball.interval((1, d))
         lo, hi = lo.view(-1).numpy(), hi.view(-1).numpy()
         if ball.norm == "l2":
             cons.append(cp.norm(self.delta, 2) <= float(ball.radius[0]))
@@ -222,7 +216,7 @@ def decide_regions(dm: DenseMonDEQ, ball: Ball, label: int, stable: torch.Tensor
     candidates = many.project(x0 + ball.maximiser(-reg.g[p[first], j[first]][None])[0])
     hit = verified(dm, many, labels.expand(len(first)), candidates).nonzero().squeeze(1)
     if len(hit):
-        return NOT_ROBUST, pulled(many, candidates)[hit[0]], 0
+        return NOT_ROBUST, many.pulled(candidates)[hit[0]], 0
     if len(unstable) == 0 or len(open_) > max_solves:
         return UNDECIDED, None, 0
     solver = RegionSolver(ball, len(unstable))
@@ -238,7 +232,7 @@ def decide_regions(dm: DenseMonDEQ, ball: Ball, label: int, stable: torch.Tensor
         lam, delta = found
         candidate = ball.project((x0 + delta)[None])
         if verified(dm, ball, labels, candidate)[0]:
-            return NOT_ROBUST, pulled(ball, candidate)[0], 0
+            return NOT_ROBUST, ball.pulled(candidate)[0], 0
         bound, bsize = lower_bound(ball, reg, lam[None], torch.tensor([pk]), torch.tensor([jk]))
         if not bool(bound[0] - ROUNDING * bsize[0] > 0):
             undecided = True
@@ -366,9 +360,7 @@ def curve(net, x: torch.Tensor, labels: torch.Tensor, constant, eps, settings, *
     idx = upper.isfinite().nonzero().squeeze(1)
     cex = out["counterexample"][idx]
     with torch.no_grad():
-        normalised = ((cex - torch.tensor([float(v) for v in mean], dtype=torch.float64)
-                       .repeat_interleave(math.prod(shape[1:]))) /
-                      torch.tensor([float(v) for v in std], dtype=torch.float64).repeat_interleave(math.prod(shape[1:])))
+        normalised = (cex - per_coordinate(mean, shape)) / per_coordinate(std, shape)
         device = next(net.parameters()).device
         predicted = net(normalised.view(-1, *shape).to(device, torch.float32)).argmax(1).cpu() if len(idx) else \
             torch.zeros(0, dtype=torch.long)
