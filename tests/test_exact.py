@@ -120,13 +120,44 @@ def test_a_decision_turns_at_the_exact_distance_both_ways(planar):
     assert (above["stage"] >= 1).all() and (below["stage"] == 2).any()  # the regions decide some of them
 
 
+@pytest.mark.parametrize("box", [False, True])
+def test_the_branch_and_bound_alone_turns_at_the_exact_distance_both_ways(planar, box):
+    """With the regions and PGD switched off, the branch and bound (src/certify/branch.py) decides every
+    l_inf ball 1e-4 below a point's exact distance robust and 1e-4 above it not robust, with a verified
+    counterexample in the ball; a node budget too small to decide gives undecided."""
+    net, dm, x, labels, pair = planar
+    truth = torch.tensor([exact_radius(dm, x[k].numpy(), int(labels[k]), "linf", (0.0, 1.0) if box else None)
+                          for k in range(2, len(x))], dtype=torch.float64)
+    rows = 2 + ((truth > 0.01) & (truth < 1)).nonzero().squeeze(1)
+    assert len(rows) >= 5
+    r = truth[rows - 2]
+    s = settings(norm="linf", box=box, max_unstable=0, attack_steps=0)
+    inf = torch.full_like(pair, math.inf)
+    below = exact.decide(dm, x[rows], labels[rows], inf, r * (1 - 1e-4), s)
+    above = exact.decide(dm, x[rows], labels[rows], inf, r * (1 + 1e-4), s)
+    assert (below["status"] == exact.ROBUST).all() and (above["status"] == exact.NOT_ROBUST).all()
+    # the local bound settles some balls, the regions those with no unstable neuron (a single region)
+    for out in (below, above):
+        assert (out["stage"] == 3).sum() >= 5
+        assert ((out["programmes"] > 0) == (out["stage"] == 3)).all()
+    cex = above["counterexample"]
+    assert (exact.distance(cex, x[rows], "linf") <= r * (1 + 1e-4)).all()
+    if box:
+        assert ((cex >= 0) & (cex <= 1)).all()
+    with torch.no_grad():
+        assert (worst_margin(net, cex, labels[rows]) <= 1e-9).all()
+    starved = exact.decide(dm, x[rows], labels[rows], inf, r * (1 + 1e-4),
+                           settings(norm="linf", box=box, max_unstable=0, attack_steps=0, max_nodes=1, tighten=0))
+    assert set(starved["status"].tolist()) <= {exact.UNDECIDED, exact.NOT_ROBUST}
+
+
 def test_over_max_unstable_or_max_solves_is_undecided_never_guessed(planar):
     net, dm, x, labels, pair = planar
     inf = torch.full_like(pair, math.inf)
     radius = torch.full((len(x),), 0.3, dtype=torch.float64)
     full = exact.decide(dm, x, labels, inf, radius, settings(norm="linf", box=False))
     capped = exact.decide(dm, x, labels, inf, radius, settings(norm="linf", box=False, max_unstable=0,
-                                                                 attack_steps=0))
+                                                                 attack_steps=0, max_nodes=0))
     assert (full["status"] != exact.UNDECIDED).all()
     changed = capped["status"] != full["status"]
     assert changed.any() and (capped["status"][changed] == exact.UNDECIDED).all()

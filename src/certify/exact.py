@@ -26,8 +26,10 @@ Not robust is shown by an input: found by PGD on the exact model (cheap, first) 
 minimiser, and kept only when it lies in the ball and box and the exact equilibrium there (solved for
 its activation pattern and verified, src/mondeq/dense.py) has a margin <= 0 beyond rounding.
 
-Undecided (never guessed): more than `max_unstable` unstable neurons, a region the solver leaves
-unresolved, or more than `max_solves` solves.  Radii are pixel units (the dense view is moved to pixel
+Points with more than `max_unstable` unstable neurons or `max_solves` open regions go to a branch and
+bound over the unstable neurons (src/certify/branch.py: linear programmes by HiGHS, bounds proved here).
+Undecided (never guessed): what the branch and bound leaves open after `max_nodes` nodes, or a region
+the solvers leave unresolved.  Radii are pixel units (the dense view is moved to pixel
 coordinates p = x std + mean, so the box is [0, 1] and the ball is the attack's for any channel count).
 """
 from __future__ import annotations
@@ -41,6 +43,7 @@ import torch
 from ..errors import ConfigError
 from ..mondeq.dense import DenseMonDEQ, dense_mondeq, equilibrium
 from .balls import Ball, distance
+from .branch import branch_and_bound
 from .local import centres, check_applies as local_applies, pair_constants, ball_check
 from .rules import ROUNDING
 
@@ -252,6 +255,8 @@ class Settings:
     attack_steps: int
     restarts: int
     steps: int
+    max_nodes: int
+    tighten: int
 
 
 def decide(dm: DenseMonDEQ, x0: torch.Tensor, labels: torch.Tensor, pair: torch.Tensor, radius: torch.Tensor,
@@ -259,7 +264,8 @@ def decide(dm: DenseMonDEQ, x0: torch.Tensor, labels: torch.Tensor, pair: torch.
     """Each point's status at its radius (pixel units), and a verified counterexample where not robust.
 
     Returns {status (N,) ROBUST/NOT_ROBUST/UNDECIDED, counterexample (N, d) nan where none, stage (N,)
-    0 local, 1 attack, 2 regions, -1 none, solves (N,)}.
+    0 local, 1 attack, 2 regions, 3 branch and bound (src/certify/branch.py), -1 none, solves (N,) region
+    solves, programmes (N,) linear programmes of the branch and bound}.
     """
     N, d = x0.shape
     box = (torch.zeros(d, dtype=torch.float64), torch.ones(d, dtype=torch.float64)) if s.box else (None, None)
@@ -289,7 +295,20 @@ def decide(dm: DenseMonDEQ, x0: torch.Tensor, labels: torch.Tensor, pair: torch.
             stage[i] = 2
         if point is not None:
             cex[i] = point
-    return {"status": status, "counterexample": cex, "stage": stage, "solves": solves}
+    programmes = torch.zeros(N, dtype=torch.long)
+    for i in (status == UNDECIDED).nonzero().squeeze(1).tolist():  # too many unstable neurons or regions
+        if not cen.ok[i] or s.max_nodes == 0:
+            continue
+        one = ball.rows([i])
+        verdict, point, count = branch_and_bound(
+            dm, one, int(labels[i]), cen.v0[i], s.max_nodes, s.tighten,
+            lambda x, one=one, i=i: verified(dm, one.rows([0] * len(x)), labels[[i] * len(x)], x))
+        status[i], programmes[i] = verdict, count
+        if verdict != UNDECIDED:
+            stage[i] = 3
+        if point is not None:
+            cex[i] = one.pulled(point[None])[0]
+    return {"status": status, "counterexample": cex, "stage": stage, "solves": solves, "programmes": programmes}
 
 
 def exact_radii(dm: DenseMonDEQ, x0: torch.Tensor, labels: torch.Tensor, pair: torch.Tensor, eps: list[float],
@@ -301,11 +320,11 @@ def exact_radii(dm: DenseMonDEQ, x0: torch.Tensor, labels: torch.Tensor, pair: t
     lower = torch.zeros(N, dtype=torch.float64)
     upper = torch.full((N,), math.inf, dtype=torch.float64)
     nearest = torch.full_like(x0, math.nan)
-    stages = torch.zeros(3, dtype=torch.long)
-    solves = 0
+    stages = torch.zeros(4, dtype=torch.long)
+    solves = programmes = 0
 
     def record(rows, radius):
-        nonlocal solves
+        nonlocal solves, programmes
         out = decide(dm, x0[rows], labels[rows], pair, radius, s, seed)
         robust = out["status"] == ROBUST
         lower[rows[robust]] = torch.maximum(lower[rows[robust]], radius[robust])
@@ -314,9 +333,10 @@ def exact_radii(dm: DenseMonDEQ, x0: torch.Tensor, labels: torch.Tensor, pair: t
         closer = dist < upper[rows[bad]]
         upper[rows[bad[closer]]] = dist[closer]
         nearest[rows[bad[closer]]] = out["counterexample"][bad[closer]]
-        for k in range(3):
+        for k in range(4):
             stages[k] += int((out["stage"] == k).sum())
         solves += int(out["solves"].sum())
+        programmes += int(out["programmes"].sum())
         return out["status"]
 
     undecided_at = torch.zeros(N, dtype=torch.bool)
@@ -335,8 +355,9 @@ def exact_radii(dm: DenseMonDEQ, x0: torch.Tensor, labels: torch.Tensor, pair: t
         status = record(rows, mid)
         stuck[rows[status == UNDECIDED]] = True
     return {"lower": lower, "upper": upper, "counterexample": nearest,
-            "stages": {"local": int(stages[0]), "attack": int(stages[1]), "regions": int(stages[2])},
-            "solves": solves}
+            "stages": {"local": int(stages[0]), "attack": int(stages[1]), "regions": int(stages[2]),
+                       "branch": int(stages[3])},
+            "solves": solves, "programmes": programmes}
 
 
 def curve(net, x: torch.Tensor, labels: torch.Tensor, constant, eps, settings, *, pixels, mean, std) -> dict:
@@ -377,7 +398,7 @@ def curve(net, x: torch.Tensor, labels: torch.Tensor, constant, eps, settings, *
             "radii_normalised": (lower / scale).tolist(),
             "radius_semantics": "robust at eps iff eps <= radii_lower; not robust iff eps >= radii_upper "
                                 "(pixel units); undecided between",
-            "stages": out["stages"], "region_solves": out["solves"],
+            "stages": out["stages"], "region_solves": out["solves"], "branch_programmes": out["programmes"],
             "counterexamples": int(len(idx)), "counterexamples_float32_fooled": int(float32_fooled.sum()),
             **dataclasses.asdict(s), "seconds": time.perf_counter() - start,
             "_counterexamples": {"index": idx.numpy(), "eps": upper[idx].numpy(),

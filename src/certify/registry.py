@@ -50,5 +50,7 @@ CERTIFICATES: dict[str, Certificate] = {
               "refine": Key(NONNEG_INT, {ROBUSTNESS}),
               "attack_steps": Key(NONNEG_INT, {ROBUSTNESS}),
               "restarts": Key(POS_INT, {ROBUSTNESS}),
-              "steps": Key(NONNEG_INT, {ROBUSTNESS})}),
+              "steps": Key(NONNEG_INT, {ROBUSTNESS}),
+              "max_nodes": Key(NONNEG_INT, {ROBUSTNESS}),
+              "tighten": Key(NONNEG_INT, {ROBUSTNESS})}),
 }
