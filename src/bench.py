@@ -131,6 +131,64 @@ def compare_anderson(cfg, in_shape, m_given: bool = True) -> list[dict]:
     return rows
 
 
+def _test_points(cfg, n: int, repeat: bool):
+    """The first n test points of cfg.dataset as pixels in [0, 1] (float64) and labels; `repeat`: the split
+    repeated when it is smaller (each copy costs what its original does)."""
+    from .data import load_splits
+
+    _, test = load_splits(cfg.dataset)
+    copies = -(-n // len(test.labels)) if repeat else 1
+    images = test.images.repeat(copies, *([1] * (test.images.ndim - 1)))[:n].to(torch.float64) / 255
+    return images, test.labels.repeat(copies)[:n]
+
+
+def _normalised(cfg, images: torch.Tensor) -> torch.Tensor:
+    shape = (1, -1, 1, 1)
+    mean = torch.tensor(list(cfg.dataset.mean), dtype=images.dtype).view(shape)
+    return (images - mean) / torch.tensor(list(cfg.dataset.std), dtype=images.dtype).view(shape)
+
+
+def _global_constants(model, cfg, certificate: str):
+    """(bound method, its value): the global constants a certificate of CERTIFICATES rests on."""
+    from omegaconf import OmegaConf
+
+    from .bounds.compute import compute_bounds
+    from .certify.registry import CERTIFICATES
+
+    rests_on = CERTIFICATES[certificate].rests_on(cfg.model.name)
+    found = compute_bounds(model, OmegaConf.merge(cfg, {"bound": {"methods": [rests_on]}}))
+    if rests_on not in found["upper"]:
+        raise SolverError(f"bench.{certificate}: {rests_on}, the {certificate} certificate's global constants, "
+                          f"failed ({found['failed'].get(rests_on)})")
+    return rests_on, found["upper"][rests_on]
+
+
+def time_exact(model: torch.nn.Module, cfg) -> dict:
+    """Seconds and outcome of the exact certificate (certify.bound=exact, its settings certify.exact.*) on
+    the first `bench.batch` test points of cfg.dataset, per norm of `bench.exact` at its radii of
+    `bench.exact_eps`: robust / not robust / undecided counts, the points each stage decided, the region
+    solves and branch-and-bound programmes.  The global constants are computed once, outside the time."""
+    from omegaconf import OmegaConf
+
+    from .certify import exact
+
+    exact.check_applies(model)
+    images, labels = _test_points(cfg, int(cfg.bench.batch), repeat=False)
+    x = _normalised(cfg, images).to(torch.float32)
+    rests_on, constant = _global_constants(model, cfg, "exact")
+    record = {"points": len(labels), "global": rests_on}
+    for norm in cfg.bench.exact:
+        settings = {**OmegaConf.to_container(cfg.certify.exact), "norm": str(norm)}
+        eps = list(cfg.bench.exact_eps[norm])
+        curve = exact.curve(model, x, labels, constant, eps, settings, pixels=images,
+                            mean=list(cfg.dataset.mean), std=list(cfg.dataset.std))
+        record[str(norm)] = {"eps": eps, "seconds": curve["seconds"],
+                             "seconds_per_point": curve["seconds"] / max(len(labels), 1), "status": curve["status"],
+                             "stages": curve["stages"], "region_solves": curve["region_solves"],
+                             "branch_programmes": curve["branch_programmes"], "box": curve["box"]}
+    return record
+
+
 def time_local(model: torch.nn.Module, cfg, in_shape) -> dict:
     """Seconds and certified accuracy of the local certifier (certify.bound=local), per ball method.
 
@@ -141,31 +199,17 @@ def time_local(model: torch.nn.Module, cfg, in_shape) -> dict:
     neurons (among the inputs whose stable set was found) and the share of inputs over
     max_unstable at each pixel radius of `bench.local_eps`.
     """
-    from omegaconf import OmegaConf
-
-    from .bounds.compute import compute_bounds
     from .certify import local
-    from .certify.registry import CERTIFICATES
     from .certify.rules import normalised_radius
-    from .data import load_splits
 
     local.check_applies(model)
-    _, test = load_splits(cfg.dataset)
     n = int(cfg.bench.batch)
-    copies = -(-n // len(test.labels))
-    images = test.images.repeat(copies, *([1] * (test.images.ndim - 1)))[:n].to(torch.float64) / 255
-    labels = test.labels.repeat(copies)[:n]
-    shape = (1, -1, 1, 1)
-    mean, std = list(cfg.dataset.mean), list(cfg.dataset.std)
-    x = (images - torch.tensor(mean, dtype=torch.float64).view(shape)) / torch.tensor(std, dtype=torch.float64).view(shape)
+    images, labels = _test_points(cfg, n, repeat=True)
+    x = _normalised(cfg, images)
+    std = list(cfg.dataset.std)
     start = time.perf_counter()
-    classes = int(cfg.dataset.num_classes)
-    rests_on = CERTIFICATES["local"].rests_on(cfg.model.name)
-    found = compute_bounds(model, OmegaConf.merge(cfg, {"bound": {"methods": [rests_on]}}))
-    if rests_on not in found["upper"]:
-        raise SolverError(f"bench.local: {rests_on}, the local certificate's global constants, failed "
-                          f"({found['failed'].get(rests_on)})")
-    pair = local.pair_constants(found["upper"][rests_on], classes)
+    rests_on, constant = _global_constants(model, cfg, "local")
+    pair = local.pair_constants(constant, int(cfg.dataset.num_classes))
     record = {"points": n, "global": rests_on,
               "global_seconds": time.perf_counter() - start, "eps": list(cfg.bench.local_eps)}
     dm = local.dense_mondeq(model, tuple(in_shape))  # for the counts of unstable neurons below
@@ -201,9 +245,9 @@ def run(cfg, m_given: bool = True) -> dict:
         return {"anderson": compare_anderson(cfg, in_shape, m_given)}
     model = (load_model(cfg, Path(cfg.ckpt).parent, m_given).model if cfg.ckpt
              else build_model(cfg.model, cfg.m, cfg.splitting, in_shape, cfg.dataset.num_classes))
-    if cfg.bench.local:
+    if cfg.bench.local or cfg.bench.exact:
         record = {"model": cfg.model.name, "m": cfg.m, "threads": torch.get_num_threads(), "ckpt": cfg.ckpt}
-        record.update(time_local(model.eval(), cfg, in_shape))
+        record.update(time_local(model.eval(), cfg, in_shape) if cfg.bench.local else time_exact(model.eval(), cfg))
         print(format_line(record), flush=True)
         return record
     if cfg.bench.bounds:

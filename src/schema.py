@@ -22,7 +22,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import InterpolationResolutionError
 
 from .bounds.registry import METHOD_KEYS, METHODS as BOUND_METHODS, select_methods
-from .certify.registry import CERTIFICATES, LOCAL_METHODS
+from .certify.registry import CERTIFICATES, LOCAL_METHODS, NORMS
 from .certify.rules import RULES as CERTIFY_RULES
 from .data import DATASETS
 from .errors import ConfigError
@@ -145,6 +145,8 @@ KEYS: dict[str, Key] = {
     "bench.bounds": Key(listed(one_of(BOUND_METHODS), min_len=0, what="a list"), NOTHING),
     "bench.local": Key(listed(one_of(LOCAL_METHODS), min_len=0, what="a list"), NOTHING),
     "bench.local_eps": Key(listed(EPS, what="a list of radii"), NOTHING),
+    "bench.exact": Key(listed(choice(*NORMS), min_len=0, what="a list"), NOTHING),
+    "bench.exact_eps.*": Key(listed(EPS, what="a list of radii"), NOTHING),
     "bench.anderson": Key(listed(ANDERSON, min_len=0, what="a list"), NOTHING),
     "bench.images": Key(POS_INT, NOTHING),
 }

@@ -61,14 +61,21 @@ def _curves(record: dict) -> dict[str, dict]:
 
 def robustness(record: dict, keep=radii) -> dict[str, float]:
     """src.robustness: clean accuracy, and each certified and PGD curve at the radii `keep` picks of
-    its grid (default: three; `list`: every one)."""
+    its grid (default: three; `list`: every one); an exact curve also with its accuracy not shown
+    non-robust (`/upper`) and its count of undecided points."""
     clean = (record.get("pgd") or {}).get("clean_accuracy")
     out = {"clean_accuracy": clean} if _number(clean) else {}
     for name, curve in _curves(record).items():
         at = dict(zip(curve["eps"], curve["accuracy"]))
+        upper = dict(zip(curve["eps"], curve.get("accuracy_upper") or ()))  # an exact curve's other side
+        undecided = dict(zip(curve["eps"], (curve.get("status") or {}).get("undecided") or ()))
         for e in keep(list(curve["eps"])):
             if _number(at[e]):
                 out[f"{name}@{e:g}"] = at[e]
+            if _number(upper.get(e)):
+                out[f"{name}/upper@{e:g}"] = upper[e]
+            if _number(undecided.get(e)):
+                out[f"{name}/undecided@{e:g}"] = undecided[e]
     return out
 
 

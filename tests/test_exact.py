@@ -187,10 +187,11 @@ def test_robustness_record_has_an_exact_curve_its_counterexamples_and_an_audit(c
     cfg = compose(["model=mon_fc", "model.width=8", "m=1", "dataset=synthetic", "dataset.in_shape=[1,3,3]",
                    "dataset.num_classes=3", "certify.bound=[local,exact]", "robustness.device=cpu",
                    "robustness.methods=[certified]", "robustness.progress=false",
-                   "certify.eps=[0.05,0.1,0.2,0.5]"], config_name="robustness")
+                   "certify.eps=[0.05,0.1,0.2,0.5]", "certify.exact.steps=2", "certify.local.steps=4"],
+                  config_name="robustness")
     net, images, labels = synthetic_case(30, wrong=3)
     record = evaluate(cfg, net, "sha", tmp_path, images, labels)
-    curve = record["certified_curves"]["exact/exact"]
+    curve = record["certified_curves"]["exact/l2"]
     loc = record["certified_curves"]["local/local"]
     status = curve["status"]
     assert all(r + b + u == 30 for r, b, u in zip(status["robust"], status["not_robust"], status["undecided"]))
@@ -198,12 +199,40 @@ def test_robustness_record_has_an_exact_curve_its_counterexamples_and_an_audit(c
     assert all(lo <= up for lo, up in zip(curve["accuracy"], curve["accuracy_upper"]))
     assert curve["radii_upper"][:3] == [0.0, 0.0, 0.0] and curve["audit"]["counterexamples"] == 0
     assert curve["audit"]["norm"] == "l2" and curve["audit"]["box"]
-    found = np.load(tmp_path / "counterexamples_exact.npz")
+    found = np.load(tmp_path / "counterexamples_exact_l2.npz")
     assert len(found["index"]) == curve["counterexamples"] >= 3
     assert found["pixels"].shape == (len(found["index"]), 1, 3, 3)
     assert ((found["pixels"] >= 0) & (found["pixels"] <= 1)).all()
     upper = np.array([v for v in curve["radii_upper"] if v is not None])
     np.testing.assert_array_equal(found["eps"], upper)
+
+
+def test_a_run_of_one_certificate_keeps_the_curves_of_the_others_and_drops_its_own_stale_ones(compose):
+    """Each robustness.json entry is compared on its own settings: an l_inf exact run keeps the l2 exact and
+    local curves, and drops a PGD entry whose attack settings changed and a local curve whose own changed."""
+    from src import provenance
+    from src.robustness import _merge, entry_settings
+    from src.keys import ROBUSTNESS
+
+    def origin(*overrides):
+        cfg = compose(["model=mon_fc", *overrides], config_name="robustness")
+        return {"ckpt_sha256": "sha", "settings": provenance.settings(cfg, ROBUSTNESS)}
+
+    def entry(at, name):
+        return {"accuracy": [1.0], "provenance": {**at, "settings": entry_settings(at["settings"], name)}}
+
+    before = origin("certify.bound=[local,exact]", "robustness.pgd.steps=5")
+    previous = {"certified_curves": {n: entry(before, n) for n in ("exact/l2", "local/local")},
+                "pgd": entry(before, "pgd")}
+    now = origin("certify.bound=[exact]", "certify.exact.norm=linf")
+    merged = _merge(previous, {"certified_curves": {"exact/linf": entry(now, "exact/linf")}}, now)
+    assert set(merged["certified_curves"]) == {"exact/l2", "exact/linf", "local/local"} and "pgd" not in merged
+    now = origin("certify.bound=[exact]", "certify.exact.norm=linf", "certify.local.steps=3",
+                 "robustness.pgd.steps=5")
+    merged = _merge(previous, {"certified_curves": {"exact/linf": entry(now, "exact/linf")}}, now)
+    assert set(merged["certified_curves"]) == {"exact/l2", "exact/linf"} and "pgd" in merged
+    now = origin("certify.bound=[exact]", "robustness.n_test=7")
+    assert set(_merge(previous, {}, now).get("certified_curves", {})) == set()
 
 
 def test_schema_checks_the_exact_keys_and_its_datasets(compose):
@@ -220,3 +249,26 @@ def test_schema_checks_the_exact_keys_and_its_datasets(compose):
         schema.check(compose(["certify.bound=[exact]", "dataset=cifar10", "model=mon_fc"], config_name="robustness"))
     with pytest.raises(ConfigError, match="certify.bound=exact: does not apply to model dnn"):
         schema.check(compose(["certify.bound=[exact]", "model=dnn"], config_name="robustness"))
+
+
+def test_bench_record_of_the_exact_certificate(compose, capsys):
+    """`python -m src.bench bench.exact=[l2,linf]`: one JSON line; per norm the counts of the first
+    bench.batch test points add up, fewer points are robust and more not robust at a larger radius."""
+    import json
+
+    from src import bench, schema
+
+    cfg = compose(["model=mon_fc", "model.width=8", "m=1", "dataset=synthetic", "dataset.in_shape=[1,3,3]",
+                   "dataset.num_classes=3", "bench.exact=[l2,linf]", "bench.batch=12", "bench.threads=1",
+                   "bench.exact_eps.l2=[0.05,0.5]", "bench.exact_eps.linf=[0.02,0.3]", "certify.exact.steps=0"],
+                  config_name="bench")
+    schema.check(cfg)
+    record = bench.run(cfg)
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == record
+    assert record["points"] == 12 and record["global"] == "sdp_pairwise"
+    for norm in ("l2", "linf"):
+        status, one = record[norm]["status"], record[norm]
+        assert one["eps"] == list(cfg.bench.exact_eps[norm]) and one["box"] is True
+        assert all(r + b + u == 12 for r, b, u in zip(status["robust"], status["not_robust"], status["undecided"]))
+        assert status["robust"][0] >= status["robust"][1] and status["not_robust"][0] <= status["not_robust"][1]
+        assert status["not_robust"][1] > 0 and one["seconds_per_point"] == pytest.approx(one["seconds"] / 12)

@@ -38,7 +38,7 @@ ROOT = Path(CONF_DIR).parent
 EXPERIMENTS = sorted(p.stem for p in (ROOT / "conf" / "experiment").glob("*.yaml"))
 APP_CONFIG = {"run": "config", "bound": "bound", "robustness": "robustness"}
 FIGURES = ["fig1a", "fig1b", "fig1c", "fig1d", "fig2", "fig3", "fig4", "fig5", "fig6", "fig7", "fig8", "fig9",
-           "cifar_multitier"]
+           "ladder", "cifar_multitier"]
 
 
 def test_every_figure_of_the_issue_has_an_overlay():
@@ -63,6 +63,7 @@ VARIANTS = {
     "fig7": [[]],
     "fig8": [["model=dnn", "model.depth=3"]],
     "fig9": [["model=cnn", "model.size=med"]],
+    "ladder": [["dataset=fashion_mnist"]],
     "cifar_multitier": [[]],
 }
 

@@ -47,6 +47,25 @@ def robust(L, cert_acc, pgd_acc, clean=0.97, cert_eps=(0.1, 0.2), pgd_eps=(0.5, 
             "pgd": {"eps": list(pgd_eps), "accuracy": list(pgd_acc)}, "clean_accuracy": clean}
 
 
+def exact(norm, eps, lower, upper, n=10):
+    return {"eps": list(eps), "accuracy": list(lower), "accuracy_upper": list(upper), "norm": norm, "box": True,
+            "status": {"robust": [round(n * a) for a in lower], "not_robust": [round(n * (1 - b)) for b in upper],
+                       "undecided": [round(n * (b - a)) for a, b in zip(lower, upper)]}}
+
+
+def ladder_curves(L, local=(0.8, 0.6), pgd=None):
+    """The certified curves of a monDEQ run of the ladder: Theorem 1, local radii, exact l2 and l_inf, and
+    PGD ({eps: accuracy}) at the l2 radii and beyond."""
+    pgd = pgd or {0.1: 0.8, 0.2: 0.7, 0.5: 0.4}
+    eps = (0.1, 0.2)
+    curves = {"theorem1/paper": {"eps": list(eps), "accuracy": [0.5, 0.3], "lipschitz": L, "rule": "paper"},
+              "local/local": {"eps": list(eps), "accuracy": list(local), "rule": "local", "radii": [0.3]},
+              "exact/l2": exact("l2", eps, (0.8, 0.6), (0.8, 0.7)),
+              "exact/linf": exact("linf", (0.01, 0.05), (0.9, 0.4), (0.9, 0.6))}
+    return {"certified_curves": curves, "n_test": 10,
+            "pgd": {"eps": list(pgd), "accuracy": list(pgd.values())}}
+
+
 @pytest.fixture
 def runs_root(tmp_path) -> Path:
     """Runs for every figure; the trends hold except fig1b's h = 60 curve (not falling with m)."""
@@ -60,7 +79,8 @@ def runs_root(tmp_path) -> Path:
                   upper={"theorem1": L, "sdp_diag": 0.8 * L}, lower={"grad_norm": L / 3},
                   details={"unrolled_fb": {"alphas": [0.1, 1.0], "log10": [7.0, 5.5]},
                            "unrolled_pr": {"alphas": [0.1, 1.0], "log10": [9.0, None]}},
-                  robustness=robust(L, (0.8, 0.6 if m == 20 else 0.01), (0.9, 0.7 if m == 20 else 0.05)))
+                  robustness=robust(L, (0.8, 0.6 if m == 20 else 0.01), (0.9, 0.7 if m == 20 else 0.05))
+                  | (ladder_curves(L) if m == 20 else {}))
     for m, L in ((1.0, 5.0), (20.0, 6.0)):  # h = 60: rises with m, against the paper's claim
         write_run(root, f"mon_fc/h60_m{m}", mon_fc(60), m=m, test_error=0.03, upper={"theorem1": L})
     for w, L in ((20, 8.0), (60, 11.0)):
@@ -127,6 +147,33 @@ def test_every_figure_is_drawn_and_the_report_has_our_numbers_beside_the_papers(
     assert table_row(report, "test error")[1:3] == ["10.25%", "11.00%"]
     assert table_row(report, "certified accuracy at eps = 0.2, monDEQ m = 20")[1:3] == ["51.00%", "60.00%"]
     assert table_row(report, "monDEQ m = 20, complexity term")[1:3] == ["3.776e+04", "4e+04"]
+
+
+def test_the_ladder_sets_each_certificate_against_the_exact_curve_and_judges_both_sides(tmp_path):
+    """The ladder's rows are shares of the exact robust accuracy; a certificate above the exact curve's
+    upper side, or PGD below its proved side, is a trend that does not hold."""
+    from src.figures import robustness
+
+    def rows_and_trends(**ladder):
+        root = tmp_path / str(len(list(tmp_path.iterdir())))
+        write_run(root, "mon_fc/h40_m20", mon_fc(40), m=20.0, test_error=0.1, upper={"theorem1": 3.0},
+                  robustness={"clean_accuracy": 0.9, **ladder_curves(3.0, **ladder)})
+        res = robustness.ladder(runs_mod.load_runs([root]))
+        return ({r.quantity: r.ours for r in res.rows}, {t.claim: t.verdict for t in res.trends}, res)
+
+    rows, trends, res = rows_and_trends()
+    assert res.figure is not None and len(res.figure.axes) == 2
+    assert rows["l2, eps = 0.2: exact robust accuracy (1 of 10 points undecided)"] == "60.00%"
+    assert rows["l2, eps = 0.2: Theorem 1, margin > 2 L eps, share of the exact robust accuracy"] == "50.00%"
+    assert rows["l2, eps = 0.2: local radii, share of the exact robust accuracy"] == "100.00%"
+    assert rows["l2, eps = 0.1: PGD accuracy above the exact robust accuracy (PGD's misses, when none is undecided)"] \
+        == "0.00%"
+    assert rows["l_inf, eps = 0.05: exact robust accuracy (2 of 10 points undecided)"] == "40.00%"
+    assert set(trends.values()) == {paper.HOLDING}
+    _, trends, _ = rows_and_trends(local=(0.8, 0.75))  # above the exact upper side 0.7 at 0.2
+    assert trends["l2: no certificate above the exact robust accuracy (not shown non-robust)"] == paper.NOT_HOLDING
+    _, trends, _ = rows_and_trends(pgd={0.1: 0.8, 0.2: 0.55})  # PGD below the proved 0.6 at 0.2
+    assert trends["l2: PGD never below the proved robust accuracy"] == paper.NOT_HOLDING
 
 
 def test_trend_verdicts_include_one_that_does_not_hold(runs_root, tmp_path):

@@ -47,3 +47,13 @@ def test_ticking_logs_every_interval_and_yields_every_item(caplog):
         assert list(ticking(range(3), 3, "quiet", every=1e9)) == [0, 1, 2]
     assert [r.getMessage().split(" (")[0] for r in caplog.records] == [
         "test error: 1/3 batches", "test error: 2/3 batches", "test error: 3/3 batches"]
+
+
+def test_an_exact_curve_is_summarised_with_both_sides_and_its_undecided_count():
+    record = {"certified_curves": {"exact/linf": {"eps": [0.01, 0.05], "accuracy": [0.9, 0.6],
+                                                  "accuracy_upper": [0.95, 0.7],
+                                                  "status": {"undecided": [5, 10]}}}}
+    assert summary.robustness(record) == {
+        "certified/exact/linf@0.01": 0.9, "certified/exact/linf/upper@0.01": 0.95,
+        "certified/exact/linf/undecided@0.01": 5, "certified/exact/linf@0.05": 0.6,
+        "certified/exact/linf/upper@0.05": 0.7, "certified/exact/linf/undecided@0.05": 10}

@@ -22,7 +22,6 @@ import torch
 
 from .registry import NORMS
 
-BISECTION = 60  # halvings of log(mu): relative precision 2^-60 of the log-bracket below
 # Balls are attacked, and counterexamples checked, this much inside (rounding at the sphere never decides)
 INSIDE = 1 - 2.0 ** -20
 
@@ -126,15 +125,25 @@ def distance(x: torch.Tensor, centre: torch.Tensor, norm: str) -> torch.Tensor:
 
 
 def _ball_multiplier(g, a, b, r):
-    """mu > 0 with ||clip(g / mu, a, b)|| close to r (the l2-with-box support's multiplier), by bisection
-    on log mu; where even mu -> 0 stays inside the ball, a tiny mu (the box's support is then the bound)."""
-    scale = g.abs().amax(-1).clamp_min(1e-300)
-    lo = (scale / r.clamp_min(1e-300)) * 1e-12
-    hi = (scale * g.shape[-1] ** 0.5 / r.clamp_min(1e-300)) * 2  # here ||g / mu|| <= r / 2
-    lo, hi = lo.log(), hi.log()
-    for _ in range(BISECTION):
-        mid = (lo + hi) / 2
-        outside = (g / mid.exp()[..., None]).clamp(a, b).norm(dim=-1) > r
-        lo = torch.where(outside, mid, lo)
-        hi = torch.where(outside, hi, mid)
-    return hi.exp()
+    """mu > 0 with ||clip(g / mu, a, b)|| = r (the l2-with-box support's multiplier; a <= 0 <= b), exactly
+    up to rounding: with lambda = 1 / mu, ||clip(lambda g, a, b)||^2 is P_k + lambda^2 Q_k between the
+    sorted lambdas at which the coordinates reach their bound (P_k: the k reached, squared; Q_k: g^2 of
+    the others), so the piece where it crosses r^2 gives lambda in closed form.  Where even every
+    coordinate at its bound stays inside the ball, a tiny mu (the box's support is then the bound).
+    Any mu > 0 gives a valid bound (weak duality): its precision only makes the bound tighter."""
+    a, b = a.expand_as(g), b.expand_as(g)
+    reach = torch.where(g > 0, b / g, torch.where(g < 0, a / g, torch.inf))  # lambda where |g_i| saturates
+    bound = torch.where(g > 0, b, torch.where(g < 0, a, torch.zeros_like(g)))
+    reach, order = reach.sort(dim=-1)
+    g2 = (g * g).gather(-1, order)
+    sat2 = (bound * bound).gather(-1, order)
+    before = sat2.cumsum(-1) - sat2                               # P_k: the coordinates reached before k
+    rest = g2.flip(-1).cumsum(-1).flip(-1)                        # Q_k: g^2 of k and after
+    r2 = (r * r)[..., None]
+    at_k = before + torch.where(rest > 0, reach.clamp(max=1e300) ** 2 * rest, torch.zeros_like(rest))
+    k = (at_k < r2).sum(-1, keepdim=True).clamp(max=g.shape[-1] - 1)  # the first piece that reaches r^2
+    p_k, q_k = before.gather(-1, k).squeeze(-1), rest.gather(-1, k).squeeze(-1)
+    crosses = (at_k >= r2).any(-1) & (q_k > 0)
+    lam = ((r * r - p_k).clamp_min(0) / q_k.clamp_min(1e-300)).sqrt()
+    tiny = g.abs().amax(-1).clamp_min(1e-300) / r.clamp_min(1e-300) * 1e-12
+    return torch.where(crosses & (lam > 0), 1 / lam.clamp_min(1e-300), tiny)

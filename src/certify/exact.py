@@ -35,6 +35,7 @@ coordinates p = x std + mean, so the box is [0, 1] and the ball is the attack's 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import time
 
@@ -45,7 +46,10 @@ from ..mondeq.dense import DenseMonDEQ, dense_mondeq, equilibrium
 from .balls import Ball, distance
 from .branch import branch_and_bound
 from .local import centres, check_applies as local_applies, pair_constants, ball_check
+from ..progress import ticking
 from .rules import ROUNDING
+
+log = logging.getLogger(__name__)
 
 ROBUST, NOT_ROBUST, UNDECIDED = 1, 0, -1
 CANDIDATES = 256          # regions whose lambda = 0 minimiser is tried as a counterexample, per decision
@@ -285,7 +289,8 @@ def decide(dm: DenseMonDEQ, x0: torch.Tensor, labels: torch.Tensor, pair: torch.
         found_x, found = attack(dm, ball.rows(rows), labels[rows], s.attack_steps, s.restarts, seed)
         hit = rows[found]
         status[hit], stage[hit], cex[hit] = NOT_ROBUST, 1, found_x[found]
-    for i in (status == UNDECIDED).nonzero().squeeze(1).tolist():
+    left = (status == UNDECIDED).nonzero().squeeze(1).tolist()
+    for i in ticking(left, len(left), f"exact {s.norm}: regions", "points"):
         if not (local["found"][i] and cen.ok[i]):
             continue
         verdict, point, count = decide_regions(dm, ball.rows([i]), int(labels[i]), local["stable"][i],
@@ -296,8 +301,9 @@ def decide(dm: DenseMonDEQ, x0: torch.Tensor, labels: torch.Tensor, pair: torch.
         if point is not None:
             cex[i] = point
     programmes = torch.zeros(N, dtype=torch.long)
-    for i in (status == UNDECIDED).nonzero().squeeze(1).tolist():  # too many unstable neurons or regions
-        if not cen.ok[i] or s.max_nodes == 0:
+    left = (status == UNDECIDED).nonzero().squeeze(1).tolist()  # too many unstable neurons or regions
+    for i in ticking(left if s.max_nodes else [], len(left), f"exact {s.norm}: branch and bound", "points"):
+        if not cen.ok[i]:
             continue
         one = ball.rows([i])
         verdict, point, count = branch_and_bound(
@@ -344,8 +350,12 @@ def exact_radii(dm: DenseMonDEQ, x0: torch.Tensor, labels: torch.Tensor, pair: t
         rows = ((upper > e) & ~undecided_at).nonzero().squeeze(1)   # a counterexample within e settles it
         rows = rows[lower[rows] < e]
         if len(rows):
+            start = time.perf_counter()
             status = record(rows, torch.full((len(rows),), e, dtype=torch.float64))
             undecided_at[rows[status == UNDECIDED]] = True
+            log.info(f"exact {s.norm} eps {e:g}: {int((lower >= e).sum())} robust, {int((upper <= e).sum())} not "
+                     f"robust, {N - int((lower >= e).sum()) - int((upper <= e).sum())} undecided of {N} "
+                     f"({len(rows)} searched at this radius, {time.perf_counter() - start:.0f} s)")
     stuck = undecided_at.clone()
     for _ in range(s.steps):
         rows = (~stuck & upper.isfinite() & (upper > lower)).nonzero().squeeze(1)
@@ -392,7 +402,7 @@ def curve(net, x: torch.Tensor, labels: torch.Tensor, constant, eps, settings, *
             "accuracy_upper": [(len(labels) - b) / n for b in not_robust],
             "status": {"robust": robust, "not_robust": not_robust,
                        "undecided": [len(labels) - r - b for r, b in zip(robust, not_robust)]},
-            "rule": "exact", "norm": s.norm, "box": s.box,
+            "norm": s.norm, "box": s.box,
             "radii": lower.tolist(), "radii_lower": lower.tolist(),
             "radii_upper": [v if math.isfinite(v) else None for v in upper.tolist()],
             "radii_normalised": (lower / scale).tolist(),

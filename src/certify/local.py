@@ -374,7 +374,7 @@ def local_curve(net, x: torch.Tensor, labels: torch.Tensor, pair: torch.Tensor, 
     found = out["unstable"][out["unstable"] >= 0]
     return {"eps": eps, "eps_normalised": eps_norm,
             "accuracy": [float((radius > e).double().mean()) for e in eps_norm],
-            "rule": "local", "method": method,
+            "method": method,
             "lipschitz": [[v if math.isfinite(v) else None for v in row] for row in pair.tolist()],
             "radii": (radius / scale).tolist(), "radii_normalised": radius.tolist(),
             "exact_equilibrium": float(cen.ok.double().mean()),

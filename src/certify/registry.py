@@ -22,6 +22,8 @@ class Certificate:
     applies: Callable[[str], bool]          # to a model name of src/models.py
     rests_on: Callable[[str], str]          # the bound method whose constants it uses, per model name
     keys: Mapping[str, Key]                 # certify.<name>.<key>
+    rule: Callable[[Mapping], str]          # its curve's name after "<name>/", from its settings
+    named_by: tuple[str, ...] = ()          # the settings rule() carries: other values make another curve
 
 
 # The local certificate's ways of bounding the network over a ball (src/certify/local.py)
@@ -38,7 +40,8 @@ CERTIFICATES: dict[str, Certificate] = {
               # 2^n vertex solves per input: at 14 one input's batch of solves is ~120 MB
               "max_unstable": Key(number(0, 14, integer=True), {ROBUSTNESS}),
               "refine": Key(NONNEG_INT, {ROBUSTNESS}),
-              "steps": Key(POS_INT, {ROBUSTNESS})}),
+              "steps": Key(POS_INT, {ROBUSTNESS})},
+        rule=lambda settings: "local"),
     "exact": Certificate(
         applies=lambda model: MODELS[model].mondeq,
         rests_on=lambda model: MODELS[model].local_global,
@@ -52,5 +55,7 @@ CERTIFICATES: dict[str, Certificate] = {
               "restarts": Key(POS_INT, {ROBUSTNESS}),
               "steps": Key(NONNEG_INT, {ROBUSTNESS}),
               "max_nodes": Key(NONNEG_INT, {ROBUSTNESS}),
-              "tighten": Key(NONNEG_INT, {ROBUSTNESS})}),
+              "tighten": Key(NONNEG_INT, {ROBUSTNESS})},
+        rule=lambda settings: settings["norm"] if settings["box"] else f"{settings['norm']}_nobox",
+        named_by=("norm", "box")),
 }

@@ -25,5 +25,6 @@ FIGURES: dict[str, Callable[[list[Run]], Result]] = {
     "fig7": unrolled.fig7,
     "fig8": generalization.fig8,
     "fig9": robustness.fig9,
+    "ladder": robustness.ladder,
     "cifar_multitier": multitier.cifar_multitier,
 }

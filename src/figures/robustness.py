@@ -29,9 +29,16 @@ def _acc_at(curve, eps: float):
 
 
 LOCAL = "local/local"  # the certified_curves entry of certify.bound=local: per-input radii
+EXACT = "exact/{norm}"  # the entries of certify.bound=exact, l2 or l_inf ball with the pixel box
 # certified_curves drawn beside a run's main certified curve when robustness.json has them:
-# the local radii, and the pooled Theorem 1 of conv monDEQs (certify.bound=[theorem1,theorem1_pooled])
-BESIDE = {LOCAL: ("local radii", "^"), "theorem1_pooled/paper": ("Theorem 1 pooled", "v")}
+# the local radii, the exact robust accuracy, and the pooled Theorem 1 of conv monDEQs
+BESIDE = {LOCAL: ("local radii", "^"), EXACT.format(norm="l2"): ("exact", "*"),
+          "theorem1_pooled/paper": ("Theorem 1 pooled", "v")}
+# the ladder's certificates, in the order of their strength, as robustness.json names their curves
+LADDER = {"theorem1/paper": "Theorem 1, margin > 2 L eps", "theorem1/tight": "Theorem 1, margin > sqrt(2) L eps",
+          "sdp_diag/paper": "diagonal SDP, margin > 2 L eps", "sdp_diag/tight": "diagonal SDP, margin > sqrt(2) L eps",
+          "sdp_pairwise/pairwise": "class-pair SDP", LOCAL: "local radii"}
+NORM_NAMES = {"l2": "l2", "linf": "l_inf"}
 
 
 def _lipschitz(run: Run):
@@ -155,4 +162,83 @@ def fig9(runs: list[Run]) -> Result:
     res.trends.append(check("some monDEQ beats every CNN in clean accuracy and at every PGD radius (paper: m = 1)",
                             bool(mon and cnn) and all(c is not None for c in cnn_pgd.values()),
                             "needs PGD curves of monDEQs and CNNs", winners))
+    return res
+
+
+def _exact_curve(run: Run, norm: str) -> dict | None:
+    return ((run.robustness or {}).get("certified_curves") or {}).get(EXACT.format(norm=norm))
+
+
+def _share(part, whole):
+    return None if part is None or not whole else part / whole
+
+
+def ladder(runs: list[Run]) -> Result:
+    """Every certificate of an FC monDEQ against its exact robust accuracy (certify.bound=exact), per ball:
+    the band between the proved robust accuracy and the accuracy not shown non-robust is what stays
+    undecided; PGD (l2) and each certificate must lie on their side of it."""
+    res = Result("ladder", "Certificates against the exact robust accuracy of an FC monDEQ")
+    cand = pick(runs, kind="mon_fc", need="robustness",
+                where=lambda r: any(_exact_curve(r, n) for n in NORM_NAMES))
+    sel, res.ignored = one_group(cand)
+    if not sel:
+        return res
+    mon = by_key(sel, lambda r: r.m, res.notes)
+    m = max(mon)  # the most robust model, the paper's m = 20 when it was run
+    run = mon[m]
+    res.runs = [run]
+    res.notes += [f"m = {fmt_x(other)} has exact curves too (`{r.path}`); the ladder shows m = {fmt_x(m)}"
+                  for other, r in mon.items() if other != m]
+    norms = [n for n in NORM_NAMES if _exact_curve(run, n)]
+    what = (f"m = {fmt_x(m)}, width {run.field('width')}, {run.dataset}, "
+            f"{(run.robustness or {}).get('n_test')} test points")
+    fig, axes = canvas.new_figure(len(norms), f"{res.title}\n{what}")
+    res.title += f" ({what})"
+    pgd = _curve(run, "pgd")
+    for ax, norm in zip(axes, norms):
+        exact = _exact_curve(run, norm)
+        eps, lower, upper = exact["eps"], exact["accuracy"], exact["accuracy_upper"]
+        ax.fill_between(eps, lower, upper, color="0.85", label="undecided")
+        ax.plot(eps, lower, "k-", linewidth=2, label="exact: proved robust")
+        ax.plot(eps, upper, "k--", linewidth=1, label="exact: not shown non-robust")
+        others = {name: label for name, label in LADDER.items()
+                  if _curve(run, name) and ((run.robustness or {}).get("certified_curves") or {})[name].get("norm", "l2") == norm}
+        for name, label in others.items():
+            ax.plot(*_curve(run, name), "-o", markersize=3, label=label)
+        if norm == "l2" and pgd:
+            inside = [(e, a) for e, a in zip(*pgd) if e <= max(eps) * (1 + 1e-9)]
+            if inside:
+                ax.plot(*zip(*inside), "rx", markersize=7, label="l2 PGD (foolbox)")
+        box = "pixel box [0, 1]" if exact.get("box") else "no box"
+        ax.set(xlabel=f"{NORM_NAMES[norm]} radius eps (pixels in [0, 1]; {box})", ylabel="robust accuracy",
+               title=f"({'ab'[norms.index(norm)]}) {NORM_NAMES[norm]}")
+        canvas.legend(ax)
+        top = eps[-1]
+        undecided = exact["status"]["undecided"][-1]
+        res.rows.append(Row(f"{NORM_NAMES[norm]}, eps = {fmt(top)}: exact robust accuracy ({undecided} of "
+                            f"{exact['status']['robust'][-1] + exact['status']['not_robust'][-1] + undecided} "
+                            "points undecided)", "—", fmt(lower[-1], True), run=run,
+                            source="not in the paper (certify.bound=exact)"))
+        for name, label in others.items():
+            res.rows.append(Row(f"{NORM_NAMES[norm]}, eps = {fmt(top)}: {label}, share of the exact robust accuracy",
+                                "—", fmt(_share(_acc_at(_curve(run, name), top), lower[-1]), True), run=run,
+                                source="not in the paper"))
+        res.trends.append(check(
+            f"{NORM_NAMES[norm]}: no certificate above the exact robust accuracy (not shown non-robust)", True, "",
+            lambda others=others, eps=eps, upper=upper: (
+                all(_acc_at(_curve(run, n), e) is None or _acc_at(_curve(run, n), e) <= u + 1e-12
+                    for n in others for e, u in zip(eps, upper)),
+                f"{len(others)} certificates at {len(eps)} radii")))
+        if norm == "l2" and pgd:
+            common = [(e, a, _acc_at(pgd, e)) for e, a in zip(eps, lower) if _acc_at(pgd, e) is not None]
+            for e, a, p in common:
+                res.rows.append(Row(f"l2, eps = {fmt(e)}: PGD accuracy above the exact robust accuracy "
+                                    "(PGD's misses, when none is undecided)", "—",
+                                    fmt(p - a, True), run=run, source="not in the paper"))
+            res.trends.append(check(
+                "l2: PGD never below the proved robust accuracy", bool(common), "needs PGD at the exact curve's radii",
+                lambda common=common: (all(p >= a - 1e-12 for _, a, p in common),
+                                       ", ".join(f"eps {fmt(e)}: PGD {fmt(p, True)} vs {fmt(a, True)}"
+                                                 for e, a, p in common))))
+    res.figure = canvas.finish(fig, [run])
     return res
