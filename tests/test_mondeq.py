@@ -399,3 +399,66 @@ def test_a_hard_sample_does_not_hide_behind_the_easy_ones_of_its_batch():
     tally.add(stats)
     assert tally.record() == {"solves": 1, "samples": 10, "converged_fraction": 0.9,
                               "worst_residual": stats.worst_sample_residual}
+
+
+@pytest.mark.parametrize("make_op", [fc_op, conv_op, multiconv_op])
+def test_the_resolvent_is_built_once_per_weight_version_and_never_stale(make_op, monkeypatch):
+    """Solves on unchanged weights reuse one resolvent; an in-place change of a weight (as an optimizer
+    step makes) or a load_state_dict is seen by the next solve, which then equals a fresh layer's."""
+    op = make_op(seed=2)
+    built = []
+    real = type(op).resolvent
+    monkeypatch.setattr(type(op), "resolvent",
+                        lambda self, alpha: (self is op and built.append(alpha)) or real(self, alpha))
+    layer = MonDEQLayer(op, SolverConfig(name="pr", alpha=1.0, **TIGHT), "test")
+    x = torch.randn(2, *op.input_shape, dtype=torch.float64)
+    with torch.no_grad():
+        first = layer(x)
+        assert torch.equal(layer(x), first) and len(built) == 1
+        next(op.parameters()).mul_(0.7)
+        changed = layer(x)
+    assert len(built) == 2 and not torch.allclose(changed, first)
+    fresh = make_op(seed=2)
+    fresh.load_state_dict(op.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(changed, MonDEQLayer(fresh, layer.solver, "fresh")(x), rtol=0, atol=1e-10)
+        op.load_state_dict(make_op(seed=2).state_dict())
+        torch.testing.assert_close(layer(x), first, rtol=0, atol=1e-10)
+    assert len(built) == 3
+
+
+def test_an_optimizer_step_invalidates_the_cached_w_of_a_forward_backward_solve():
+    op = fc_op(seed=4)
+    layer = MonDEQLayer(op, SolverConfig(name="fb", alpha=fb_alpha(op), **TIGHT), "test")
+    x = torch.randn(3, *op.input_shape, dtype=torch.float64)
+    before = layer(x)
+    before.sum().backward()
+    torch.optim.SGD(op.parameters(), lr=0.05).step()
+    with torch.no_grad():
+        after = layer(x)
+        W = op.weight()
+        b = op.input_term(x)
+    assert not torch.allclose(after, before)
+    assert (after - torch.relu(after @ W.T + b)).norm() <= 1e-9 * after.norm()
+
+
+@pytest.mark.parametrize("method", ["pr", "fb"])
+def test_the_backward_uses_the_alpha_of_its_forward(method):
+    """alpha changed between forward and backward (as tune_alpha does) leaves the gradient as it was."""
+    op = fc_op(seed=6)
+    x = torch.randn(3, *op.input_shape, dtype=torch.float64, requires_grad=True)
+    weights = torch.randn(3, op.state_size, dtype=torch.float64)
+    alpha = 1.0 if method == "pr" else fb_alpha(op)
+    layer = MonDEQLayer(op, SolverConfig(name=method, alpha=alpha, **TIGHT), "test")
+    want = grads(op, x, layer(x), weights)
+    z = layer(x)
+    layer.alpha = alpha * 7.3 if method == "pr" else alpha * 3.1
+    for got, ref in zip(grads(op, x, z, weights), want):
+        torch.testing.assert_close(got, ref, rtol=1e-8, atol=1e-10)
+
+
+def test_the_masked_reflection_is_two_prox_minus_the_identity():
+    relu = ReLU(conv_op().border_mask())
+    u = torch.randn(4, relu.mask.numel(), dtype=torch.float64)
+    torch.testing.assert_close(relu.reflect(u), 2 * relu(u) - u, rtol=0, atol=0)
+    assert (relu.mask == 0).any()

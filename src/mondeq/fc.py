@@ -44,11 +44,15 @@ class FullyConnectedOperator(MonotoneOperator):
     def input_term(self, x: torch.Tensor) -> torch.Tensor:
         return self.U(x.flatten(1))
 
+    def _matrix(self) -> torch.Tensor:
+        # inside a solve (no grad) W is formed once per weight version, not once per iteration
+        return self.weight() if torch.is_grad_enabled() else self.frozen("W", self.weight)
+
     def multiply(self, z: torch.Tensor) -> torch.Tensor:
-        return z @ self.weight().T
+        return z @ self._matrix().T
 
     def multiply_transpose(self, z: torch.Tensor) -> torch.Tensor:
-        return z @ self.weight()
+        return z @ self._matrix()
 
     @torch.no_grad()
     def resolvent(self, alpha: float) -> DenseResolvent:

@@ -74,24 +74,25 @@ class MonDEQLayer(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         op, prox, cfg = self.operator, self.nonlinearity, self.solver
         bias = op.input_term(x)
+        alpha = self.alpha  # the backward uses the alpha its resolvent was built with
         with torch.no_grad():
-            resolvent = self.method.resolvent(op, self.alpha)
+            resolvent = op.frozen("resolvent", lambda: self.method.resolvent(op, alpha), self.solver.name, alpha)
             z_star, self.fwd_stats = solve(
-                self.method.forward_map(op, prox, bias.detach(), self.alpha, resolvent), cfg.fwd_tol,
+                self.method.forward_map(op, prox, bias.detach(), alpha, resolvent), cfg.fwd_tol,
                 cfg.fwd_max_iter, cfg.check_every, cfg.anderson, self._nonfinite)
         self._check_converged(self.fwd_stats, "forward", cfg.fwd_tol)
         pre = op.multiply(z_star) + bias
         z = prox(pre)
         if z.requires_grad:
             d = prox.derivative(pre.detach())
-            z.register_hook(lambda g: self._implicit_grad(g, d, resolvent))
+            z.register_hook(lambda g: self._implicit_grad(g, d, alpha, resolvent))
         return z
 
     @torch.no_grad()
-    def _implicit_grad(self, g: torch.Tensor, d: torch.Tensor, resolvent) -> torch.Tensor:
+    def _implicit_grad(self, g: torch.Tensor, d: torch.Tensor, alpha: float, resolvent) -> torch.Tensor:
         op, cfg = self.operator, self.solver
         u, self.bwd_stats = solve(
-            self.method.adjoint_map(op, g, d, self.alpha, resolvent), cfg.bwd_tol,
+            self.method.adjoint_map(op, g, d, alpha, resolvent), cfg.bwd_tol,
             cfg.bwd_max_iter, cfg.check_every, cfg.anderson, self._nonfinite)
         self._check_converged(self.bwd_stats, "backward", cfg.bwd_tol)
         return g + op.multiply_transpose(u)

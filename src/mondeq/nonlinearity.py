@@ -33,14 +33,15 @@ class ReLU(Nonlinearity):
         super().__init__()
         # not persistent: checkpoints carry no such key (monotone_op_net's neither)
         self.register_buffer("mask", mask, persistent=False)
+        self.register_buffer("live_units", None if mask is None else mask > 0, persistent=False)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         z = torch.relu(z)
         return z if self.mask is None else z * self.mask
 
     def reflect(self, u: torch.Tensor) -> torch.Tensor:
-        # |u| where no unit is masked: one elementwise op
-        return u.abs() if self.mask is None else 2 * self(u) - u
+        # |u| on the live units, -u on the pinned ones: one pass over the state
+        return u.abs() if self.mask is None else torch.where(self.live_units, u.abs(), -u)
 
     def derivative(self, pre: torch.Tensor) -> torch.Tensor:
         d = (pre > 0).to(pre.dtype)
@@ -48,4 +49,4 @@ class ReLU(Nonlinearity):
 
     def live(self, n: int) -> torch.Tensor:
         """The units that may be non-zero, as a boolean (n,) tensor (on the mask's device)."""
-        return torch.ones(n, dtype=torch.bool) if self.mask is None else self.mask.detach() > 0
+        return torch.ones(n, dtype=torch.bool) if self.mask is None else self.live_units

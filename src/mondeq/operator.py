@@ -7,15 +7,20 @@ Python loops and lets one elementwise op cover every tier at once.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import TypeVar
+
 import torch
 from torch import nn
+
+T = TypeVar("T")
 
 
 class Resolvent:
     """(I + alpha (I - W))^-1 and its transpose for frozen weights.
 
-    Built once per solve (or per weight update) by `MonotoneOperator.resolvent`;
-    it holds no autograd graph.
+    Built by `MonotoneOperator.resolvent`, once per weight version and alpha (`MonotoneOperator.frozen`,
+    src/mondeq/layer.py); it holds no autograd graph.
     """
 
     def apply(self, z: torch.Tensor) -> torch.Tensor:
@@ -79,6 +84,22 @@ class MonotoneOperator(nn.Module):
         zero = torch.zeros(1, *self.input_shape, dtype=eye.dtype, device=eye.device)
         cols = self.input_term(eye.reshape(d, *self.input_shape)) - self.input_term(zero)
         return cols.T
+
+    def frozen(self, name: str, build: Callable[[], T], *settings) -> T:
+        """build(), once per version of the weights: the one value kept under `name` is reused while no
+        parameter of the operator changed (an optimizer step, load_state_dict or any in-place change bumps
+        a tensor's version; .to() makes new tensors) and m and `settings` (as alpha) are the same.  Changes
+        through `.data` are invisible here, as they are to autograd.  For what holds no autograd graph
+        (resolvents, W for solves without grad)."""
+        version = (self.m, settings, *((p.data_ptr(), p._version, p.dtype, p.device) for p in self.parameters()))
+        cache = self.__dict__.setdefault("_frozen", {})
+        hit = cache.get(name)
+        if hit is not None and hit[0] == version:
+            return hit[1]
+        cache.pop(name, None)  # the old value goes before the new one is built (peak memory)
+        value = build()
+        cache[name] = (version, value)
+        return value
 
     def _dtype(self) -> torch.dtype:
         return next(self.parameters()).dtype

@@ -188,8 +188,9 @@ class Anderson:
     def __init__(self, step, memory: int, start: torch.Tensor, reg: float = 1e-4):
         self.inner, self.memory, self.reg = step, memory, reg
         batch, n = start.shape
-        self.fs = start.new_zeros(batch, memory, n)  # T(x_i)
-        self.gs = start.new_zeros(batch, memory, n)  # T(x_i) - x_i
+        # slots are read only once written (the first k of them): no zero fill
+        self.fs = start.new_empty(batch, memory, n)  # T(x_i)
+        self.gs = start.new_empty(batch, memory, n)  # T(x_i) - x_i
         self.eye = torch.eye(memory, dtype=start.dtype, device=start.device)
         self.count = 0
 
