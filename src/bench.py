@@ -63,6 +63,47 @@ def benchmark(model: torch.nn.Module, in_shape, batch: int, reps: int, device: t
     return stats
 
 
+def time_frozen(model: torch.nn.Module, cfg, in_shape, device: torch.device) -> dict:
+    """What users wait on after training, on frozen weights: an l2 PGD step (foolbox, the implicit
+    gradient; `bench.pgd_steps` steps, per step) and a certification pass (the exact model's float64
+    logits, src/certify/exact_model.py) on `bench.batch` random images, each with the seconds and count
+    of the operator builds (resolvents, W) inside it: built once per weight version, not per solve."""
+    from .attack import foolbox_model, make_attack, pgd
+    from .certify.exact_model import ExactModel
+
+    mean, std = list(cfg.dataset.mean), list(cfg.dataset.std)
+    images = torch.rand(int(cfg.bench.batch), *in_shape, device=device)
+    normalised = ((images - torch.tensor(mean, device=device).view(1, -1, 1, 1))
+                  / torch.tensor(std, device=device).view(1, -1, 1, 1))
+    model = model.to(device).eval()
+    with torch.no_grad():
+        labels = model(normalised).argmax(1)
+    op = getattr(getattr(model, "mon", None), "operator", None)
+
+    def timed(fn) -> tuple[float, int, float]:
+        before = op.builds if op is not None else (0, 0.0)
+        _sync(device)
+        start = time.perf_counter()
+        fn()
+        _sync(device)
+        seconds = time.perf_counter() - start
+        after = op.builds if op is not None else (0, 0.0)
+        return seconds, after[0] - before[0], after[1] - before[1]
+
+    steps = int(cfg.bench.pgd_steps)
+    fmodel = foolbox_model(model, mean, std, device)
+    pgd(fmodel, images, labels, 0.5, make_attack(steps=1))  # warm-up
+    seconds, builds, building = timed(lambda: pgd(fmodel, images, labels, 0.5, make_attack(steps=steps)))
+    record = {"pgd_step_ms": 1e3 * seconds / steps, "pgd_builds": builds,
+              "pgd_build_share": building / seconds if seconds else None}
+    exact = ExactModel(model, device)
+    op = getattr(getattr(exact.net, "mon", None), "operator", None)
+    seconds, builds, building = timed(lambda: exact.evaluate(normalised, int(cfg.bench.batch)))
+    record.update(certify_pass_ms=1e3 * seconds, certify_builds=builds,
+                  certify_build_share=building / seconds if seconds else None)
+    return record
+
+
 def time_bounds(model: torch.nn.Module, cfg, in_shape) -> dict:
     """Value and seconds of each of src.bound's methods `cfg.bench.bounds` on `model` (CPU).
 
@@ -263,6 +304,8 @@ def run(cfg, m_given: bool = True) -> dict:
               "anderson": cfg.splitting.anderson,
               "threads": torch.get_num_threads(), "ckpt": cfg.ckpt}
     record.update(benchmark(model, in_shape, cfg.bench.batch, cfg.bench.reps, device, cfg.seed, cfg.bench.warmup))
+    if cfg.bench.frozen:
+        record.update(time_frozen(model, cfg, in_shape, device))
     print(format_line(record), flush=True)
     return record
 

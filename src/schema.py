@@ -145,6 +145,8 @@ KEYS: dict[str, Key] = {
     "bench.bounds": Key(listed(one_of(BOUND_METHODS), min_len=0, what="a list"), NOTHING),
     "bench.local": Key(listed(one_of(LOCAL_METHODS), min_len=0, what="a list"), NOTHING),
     "bench.local_eps": Key(listed(EPS, what="a list of radii"), NOTHING),
+    "bench.frozen": Key(boolean(), NOTHING),
+    "bench.pgd_steps": Key(POS_INT, NOTHING),
     "bench.exact": Key(listed(choice(*NORMS), min_len=0, what="a list"), NOTHING),
     "bench.exact_eps.*": Key(listed(EPS, what="a list of radii"), NOTHING),
     "bench.anderson": Key(listed(ANDERSON, min_len=0, what="a list"), NOTHING),

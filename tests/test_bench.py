@@ -18,6 +18,20 @@ def test_solver_benchmark_records_converged_solves(compose):
     assert record["bwd_iters"] > 0 and record["bwd_residual"] <= cfg.splitting.bwd_tol
 
 
+@pytest.mark.parametrize("model", ["mon_fc", "mon_conv"])
+def test_the_frozen_weight_record_builds_no_operator_inside_the_attack(compose, model):
+    """bench.frozen: a PGD step and a certification pass; after the warm-up the attack's solves reuse the
+    resolvent (no build), the float64 certification pass builds its own (W for FC, and the resolvent)."""
+    shape = ["model.width=8"] if model == "mon_fc" else ["model.channels=2"]
+    cfg = compose([f"model={model}", *shape, "dataset=synthetic", "dataset.in_shape=[1,6,6]", "bench.device=cpu",
+                   "bench.batch=3", "bench.reps=1", "bench.warmup=0", "bench.frozen=true", "bench.pgd_steps=2"],
+                  config_name="bench")
+    record = bench.run(cfg)
+    assert record["pgd_step_ms"] > 0 and record["pgd_builds"] == 0 and record["pgd_build_share"] == 0
+    assert record["certify_pass_ms"] > 0 and record["certify_builds"] >= 1
+    assert 0 < record["certify_build_share"] < 1
+
+
 def test_bound_benchmark_reports_the_bound_apps_values(compose):
     cfg = compose(TINY + ["bench.bounds=[theorem1,grad_norm]", "bench.batch=64", "bound.ascent_steps=2"],
                   config_name="bench")

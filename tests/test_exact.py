@@ -78,7 +78,9 @@ def planar():
     return net, dm, x, labels, global_pairs(net)
 
 
-@pytest.mark.parametrize("norm,box", VARIANTS)
+# two variants in the fast suite (each norm once, the box once), the other two with `make test-slow`
+@pytest.mark.parametrize("norm,box", [pytest.param(*v, marks=[pytest.mark.slow] if v in VARIANTS[::3] else [])
+                                      for v in VARIANTS])
 def test_exact_radii_bracket_the_brute_force_distance_and_meet_it(planar, norm, box):
     """radii_lower <= the exact distance <= radii_upper, within the bisection's precision; every point
     decided on the grid; each counterexample in the ball and box and fooling the network's own solver."""

@@ -7,6 +7,7 @@ Python loops and lets one elementwise op cover every tier at once.
 """
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -97,9 +98,18 @@ class MonotoneOperator(nn.Module):
         if hit is not None and hit[0] == version:
             return hit[1]
         cache.pop(name, None)  # the old value goes before the new one is built (peak memory)
+        start = time.perf_counter()
         value = build()
+        count, seconds = self.builds
+        # src.bench's share spent building; no sync: on a GPU this is mostly the launches' time
+        self.__dict__["_builds"] = (count + 1, seconds + time.perf_counter() - start)
         cache[name] = (version, value)
         return value
+
+    @property
+    def builds(self) -> tuple[int, float]:
+        """(count, seconds) of the values frozen() built since the operator was made (src.bench reads them)."""
+        return self.__dict__.get("_builds", (0, 0.0))
 
     def _dtype(self) -> torch.dtype:
         return next(self.parameters()).dtype
