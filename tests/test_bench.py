@@ -74,3 +74,16 @@ def test_anderson_side_by_side_on_a_trained_model_and_real_test_images(compose, 
     assert plain["solves"] == accelerated["solves"] == 2 and plain["samples"] == accelerated["samples"] == 100
     assert all(r["fwd_iters"] > 0 and r["step_ms"] > 0 for r in (plain, accelerated))
     assert all((r["converged_fraction"] == 1.0) == (r["worst_residual"] <= 1e-6) for r in (plain, accelerated))
+
+
+def test_the_bench_dir_is_named_by_the_overrides_that_name_a_run():
+    """A long bench command once gave a dir named by its sorted characters (too long a name: a crash)."""
+    from hydra import compose, initialize_config_dir
+
+    from src.cli import CONF_DIR
+
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose("bench", overrides=["model=mon_fc", "m=20", "dataset=mnist5k", "bench.exact=[linf]",
+                                          "bench.batch=100", "bench.exact_eps.linf=[0.05]"],
+                      return_hydra_config=True)
+    assert cfg.hydra.run.dir == "outputs/bench/dataset=mnist5k,m=20,model=mon_fc"
