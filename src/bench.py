@@ -315,7 +315,7 @@ def _app(cfg) -> dict:
 
     from .cli import given_keys, keep_config
 
-    keep_config(cfg, Path(HydraConfig.get().runtime.output_dir))  # no lock, no result files: nothing to wait for
+    keep_config(cfg, Path(HydraConfig.get().runtime.output_dir), "bench")  # no lock, no result files: nothing to wait for
     return run(cfg, m_given="m" in given_keys())
 
 

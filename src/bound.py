@@ -75,9 +75,13 @@ def merge(previous: dict | None, record: dict, settings_of: Callable[[str], dict
 def run(cfg: DictConfig) -> dict:
     from hydra.core.hydra_config import HydraConfig
 
+    return run_on(cfg, Path(HydraConfig.get().runtime.output_dir))
+
+
+def run_on(cfg: DictConfig, run_dir: Path) -> dict:
+    """The app's job on `run_dir` (its own, or src.run's when it follows training): bounds.json and its logs."""
     from .cli import given_keys
 
-    run_dir = Path(HydraConfig.get().runtime.output_dir)
     with provenance.locked(run_dir):
         record = bound(cfg, run_dir, m_given="m" in given_keys())
         flat = summary.bounds(record)
@@ -100,7 +104,7 @@ def bound(cfg: DictConfig, run_dir: Path, m_given: bool = True) -> dict:
     path = run_dir / "bounds.json"
     previous = files.read_json(path)  # now: a damaged file refuses the run before its work, not after
     files.check_json(run_dir / loggers.RUN_FILE)
-    keep_config(cfg, run_dir)
+    keep_config(cfg, run_dir, "bound")
     model = loaded.model
     try:
         names = select_methods(cfg.model.name, cfg.bound.methods)

@@ -12,10 +12,12 @@ with one bad value runs none.  Each app saves Hydra's record of the job (.hydra/
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
+import shutil
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import hydra
@@ -23,7 +25,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from . import files
-from .errors import ConfigError, one_line_errors
+from .errors import ConfigError, ProjectError, one_line_errors
 
 CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
 
@@ -83,6 +85,24 @@ def given_keys() -> set[str]:
     return {o.split("=", 1)[0].lstrip("+~") for o in HydraConfig.get().overrides.task}
 
 
+FOLLOWERS = ("bound", "robustness")  # the apps src.run can run after training (key `then`), in this order
+
+
+def follower_config(app: str, overrides: Sequence[str]) -> DictConfig:
+    """The config of `app` (conf/<app>.yaml) under a src.run job's overrides, checked: the app src.run runs
+    after training on the same run dir (`then`). Called inside a Hydra job or callback."""
+    from hydra import compose
+    from hydra.errors import HydraException
+
+    try:
+        cfg = compose(config_name=app, overrides=list(overrides))
+    except HydraException as err:
+        raise ConfigError(f"then=[{app}]: src.{app}'s config does not take these overrides "
+                          f"({str(err).splitlines()[0]}); give a key of src.{app} as ++KEY=VALUE") from None
+    validate(cfg)
+    return cfg
+
+
 def validate(cfg: DictConfig) -> None:
     """Reject what would fail later, before any data or training: every key (src/schema.py), the model,
     the logger's environment (WANDB_MODE).
@@ -125,6 +145,8 @@ def check_job(config: DictConfig) -> None:
     with read_write(task), open_dict(task):
         del task["hydra"]
     validate(task)  # first: the run dir's name holds the overrides' values, which it checks
+    for app in task.get("then") or ():  # src.run's followers: their keys checked before any training
+        follower_config(app, _typed(config))
     hc = config.hydra
     files.check_run_dir(Path(hc.sweep.dir) / hc.sweep.subdir if hc.mode == RunMode.MULTIRUN else hc.run.dir)
 
@@ -168,8 +190,9 @@ class Checks(Callback):
 SAVED_CONFIG = ".hydra"  # <run dir>/.hydra/<app>/: Hydra's record of the app's last run on the dir
 
 
-def keep_config(cfg: DictConfig, run_dir: Path) -> None:
-    """Save Hydra's record of this job into <run_dir>/.hydra/<app>/ (config.yaml, hydra.yaml, overrides.yaml).
+def keep_config(cfg: DictConfig, run_dir: Path, app: str) -> None:
+    """Save Hydra's record of this job into <run_dir>/.hydra/<app>/ (config.yaml, hydra.yaml, overrides.yaml):
+    `app` names the app whose config `cfg` is (src.run's followers are other apps in its job).
 
     An app calls it once it holds the run dir's lock and has checked the dir's files against the command,
     so a refused run leaves the record of the run that made the files. Outside a Hydra job (tests, other
@@ -182,10 +205,28 @@ def keep_config(cfg: DictConfig, run_dir: Path) -> None:
     if not (HydraConfig.initialized() and rank_zero()):
         return
     hc = HydraConfig.get()
-    where = run_dir / SAVED_CONFIG / hc.job.name
+    where = run_dir / SAVED_CONFIG / app
     for name, node in (("config.yaml", cfg), ("hydra.yaml", HydraConfig.instance().cfg),
                        ("overrides.yaml", hc.overrides.task)):
         files.write_text(where / name, OmegaConf.to_yaml(node))
+
+
+@contextlib.contextmanager
+def removed_when_refused(run_dir: Path, app: str) -> Iterator[None]:
+    """Remove `run_dir` when the job that Hydra made it for is refused (a ProjectError) before writing
+    anything into it but its bookkeeping (log, lock, saved config): a refused command leaves no run dir."""
+    from .provenance import LOCK_FILE, RunDirBusyError
+
+    bookkeeping = {f"{app}.log", LOCK_FILE, SAVED_CONFIG}
+    made_for_this_job = run_dir.is_dir() and {p.name for p in run_dir.iterdir()} <= {f"{app}.log"}
+    try:
+        yield
+    except ProjectError as err:
+        # a busy dir is another process's, whatever it holds yet
+        if (made_for_this_job and not isinstance(err, RunDirBusyError)
+                and {p.name for p in run_dir.iterdir()} <= bookkeeping):
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
 
 
 def hydra_app(config_name: str) -> Callable[[Callable[[DictConfig], object]], Callable[[], None]]:
@@ -194,7 +235,10 @@ def hydra_app(config_name: str) -> Callable[[Callable[[DictConfig], object]], Ca
     def wrap(task: Callable[[DictConfig], object]) -> Callable[[], None]:
         @functools.wraps(task)
         def checked(cfg: DictConfig):
-            with one_line_errors():
+            from hydra.core.hydra_config import HydraConfig
+
+            hc = HydraConfig.get()
+            with one_line_errors(), removed_when_refused(Path(hc.runtime.output_dir), hc.job.name):
                 validate(cfg)  # again, in the job's own process: it normalises the job's config
                 return task(cfg)
 

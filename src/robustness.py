@@ -305,9 +305,13 @@ def evaluate(cfg: DictConfig, model, sha256: str, run_dir: Path, images: torch.T
 def run(cfg: DictConfig) -> dict:
     from hydra.core.hydra_config import HydraConfig
 
+    return run_on(cfg, Path(HydraConfig.get().runtime.output_dir))
+
+
+def run_on(cfg: DictConfig, run_dir: Path) -> dict:
+    """The app's job on `run_dir` (its own, or src.run's when it follows training): robustness.json and its logs."""
     from .cli import given_keys
 
-    run_dir = Path(HydraConfig.get().runtime.output_dir)
     with provenance.locked(run_dir):
         record = robustness(cfg, run_dir, m_given="m" in given_keys())
         loggers.report(cfg, run_dir, "robustness", {**summary.robustness(record, keep=list), **summary.seconds(record)},
@@ -326,7 +330,7 @@ def robustness(cfg: DictConfig, run_dir: Path, m_given: bool = True) -> dict:
     path = run_dir / "robustness.json"
     previous = files.read_json(path)  # now: a damaged file refuses the run before its work, not after
     files.check_json(run_dir / "bounds.json", run_dir / loggers.RUN_FILE)
-    keep_config(cfg, run_dir)
+    keep_config(cfg, run_dir, "robustness")
     _, test = load_splits(cfg.dataset)
     n = len(test.labels) if cfg.robustness.n_test is None else min(int(cfg.robustness.n_test), len(test.labels))
     images = test.images[:n].to(torch.float32) / 255

@@ -10,6 +10,7 @@ src/lit.py, checked after every epoch; `trainer.max_epochs` caps it).
 """
 from __future__ import annotations
 
+import importlib
 import json
 import logging
 import warnings
@@ -19,7 +20,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from . import files, loggers, provenance, schema, summary
-from .cli import hydra_app, keep_config
+from .cli import follower_config, hydra_app, keep_config
 from .evaluation import warn_unconverged
 from .errors import CheckpointError, ConfigError
 
@@ -139,7 +140,7 @@ def _train(cfg: DictConfig, run_dir: Path, group: str) -> dict:
                         seed=cfg.seed, protocol=plain["protocol"], trainer=schema.values(plain["trainer"], schema.RUN, prefix="trainer."))
     resume = resumable(Path(cfg.ckpt) if cfg.ckpt else run_dir / "last.ckpt", lit.hparams, explicit=bool(cfg.ckpt))
     files.check_json(run_dir / loggers.RUN_FILE)
-    keep_config(cfg, run_dir)
+    keep_config(cfg, run_dir, "run")
     loaders = make_loaders(plain["dataset"])
     subset = training_subset(len(loaders.train.dataset), protocol.get("n_train"), cfg.seed)
     if subset is not None:
@@ -202,10 +203,16 @@ def main(cfg: DictConfig) -> None:
         # Lightning starts the other ranks by re-running the command line, which would sweep again
         raise ConfigError(f"trainer.devices={cfg.trainer.devices} with -m and hydra/launcher={launcher}: allowed: "
                           f"one multi-device run at a time (without -m), or hydra/launcher=submitit_slurm")
-    metrics = train(cfg, Path(hc.runtime.output_dir), group)
-    if provenance.rank_zero():
-        log.info(json.dumps({k: metrics[k] for k in ("m", "test_error", "train_error", "margin_error", "epochs",
-                                                     "protocol", "margin_error_reached", "reached") if k in metrics}))
+    run_dir = Path(hc.runtime.output_dir)
+    metrics = train(cfg, run_dir, group)
+    if not provenance.rank_zero():
+        return
+    log.info(json.dumps({k: metrics[k] for k in ("m", "test_error", "train_error", "margin_error", "epochs",
+                                                 "protocol", "margin_error_reached", "reached") if k in metrics}))
+    for app in cfg.then:
+        log.info(f"then: python -m src.{app} on {run_dir}")
+        follower = importlib.import_module(f"{__package__}.{app}")
+        follower.run_on(follower_config(app, hc.overrides.task), run_dir)
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ from omegaconf.errors import InterpolationResolutionError
 from .bounds.registry import METHOD_KEYS, METHODS as BOUND_METHODS, select_methods
 from .certify.registry import CERTIFICATES, LOCAL_METHODS, NORMS
 from .certify.rules import RULES as CERTIFY_RULES
+from .cli import FOLLOWERS
 from .data import DATASETS
 from .errors import ConfigError
 from .keys import (ANDERSON, DEVICE, EPS, EVERY, GENERALIZATION, LIMIT, NONNEG_INT, NOTHING, POS_INT,
@@ -40,6 +41,7 @@ KEYS: dict[str, Key] = {
     "ckpt": Key(text(null=True), NOTHING),
     "margin_gamma": Key(POSITIVE, {RUN}),
     "profile": Key(text(), NOTHING),
+    "then": Key(listed(choice(*FOLLOWERS), min_len=0, what="a list of apps"), NOTHING),
     "optim.lr": Key(POSITIVE, {RUN}),
     "optim.schedule": Key(choice("step", "onecycle", "none"), {RUN}),
     "optim.step_size": Key(POS_INT, {RUN}),
@@ -99,7 +101,8 @@ KEYS: dict[str, Key] = {
     "logger.entity": Key(text(null=True), NOTHING),
     "logger.mode": Key(choice("online", "offline", "disabled", null=True), NOTHING),
     # bound.yaml
-    "bound.methods": Key(listed(one_of(BOUND_METHODS), null=True, what="null (every method that applies) or a list"), NOTHING),
+    "bound.methods": Key(listed(one_of(BOUND_METHODS), min_len=0, null=True,
+                               what="null (every method that applies) or a list"), NOTHING),
     "bound.test_error": Key(boolean(), NOTHING),
     **{f"bound.{key}": declared for key, declared in METHOD_KEYS.items()},  # with their methods (registry.py)
     "bound.accept_poor_model": Key(boolean(), NOTHING),

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 SRC = Path(__file__).resolve().parents[1] / "src"
-APPS = {"src.run", "src.bound", "src.robustness", "src.plot", "src.bench", "src.demo_report"}
+APPS = {"src.run", "src.bound", "src.robustness", "src.plot", "src.bench"}
 CORE = ("src.mondeq", "src.bounds", "src.certify")  # may import each other and the small library below them only
 
 

@@ -58,6 +58,42 @@ def test_fig1b_sweep_as_typed_writes_one_run_dir_per_m(run_app, tmp_path, tiny):
             {"name": "mon_fc", "width": 40, "anderson": 0}, "synthetic", "tiny")
         assert (path.parent / "model.ckpt").is_file()
         assert (path.parent / ".hydra" / "run" / "config.yaml").is_file() and (path.parent / "run.log").is_file()
+        # then: [bound] of the experiment: what Figure 1b reads, from the same command
+        bounds = json.loads((path.parent / "bounds.json").read_text())
+        assert set(bounds["upper"]) == {"theorem1", "sdp_diag"} and set(bounds["lower"]) == {"grad_norm"}
+        assert (path.parent / ".hydra" / "bound" / "config.yaml").is_file()
+
+
+def test_an_experiment_bounds_its_model_after_training(run_app, tmp_path, tiny):
+    """`then: [bound]` (fig1b's): src.bound on the run dir after training, with the command's overrides."""
+    run_dir = tmp_path / "run"
+    proc = run_app("run", "+experiment=fig1b", "m=5", *tiny, "logger=none", "bound.methods=[theorem1]",
+                   "++bound.test_error=false", f"hydra.run.dir={run_dir}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    state = torch.load(run_dir / "model.ckpt", map_location="cpu", weights_only=True)["state_dict"]
+    U, W_out = state["model.mon.operator.U.weight"].double(), state["model.Wout.weight"].double()
+    expected = float(torch.linalg.matrix_norm(W_out, ord=2) * torch.linalg.matrix_norm(U, ord=2) / 5)
+    bounds = json.loads((run_dir / "bounds.json").read_text())
+    assert bounds["upper"] == {"theorem1": pytest.approx(expected, rel=1e-6)} and "test_error" not in bounds
+    assert "theorem1" in (run_dir / ".hydra" / "bound" / "config.yaml").read_text()
+    assert "then:\n- bound" in (run_dir / ".hydra" / "run" / "config.yaml").read_text()
+
+
+def test_a_follower_that_cannot_take_the_overrides_is_refused_before_training(run_app, tmp_path, tiny):
+    run_dir = tmp_path / "run"
+    proc = run_app("run", *tiny, "logger=none", "then=[bound]", "+bound.test_error=false", f"hydra.run.dir={run_dir}")
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert "error: then=[bound]: src.bound's config does not take these overrides" in proc.stderr
+    assert "++KEY=VALUE" in proc.stderr and not run_dir.exists()
+
+
+def test_a_run_refused_inside_its_job_leaves_no_run_dir(run_app, tmp_path):
+    """The dataset is read inside the job, after Hydra made the run dir: the refusal removes it again."""
+    run_dir = tmp_path / "run"
+    proc = run_app("run", "dataset=mnist", f"dataset.root={tmp_path / 'nowhere'}", "dataset.download=false",
+                   "profile=tiny", "logger=none", f"hydra.run.dir={run_dir}")
+    assert proc.returncode == 1 and "error: dataset mnist: files not found" in proc.stderr, proc.stderr[-3000:]
+    assert "dataset=mnist5k profile=smoke" in proc.stderr and not run_dir.exists()
 
 
 @pytest.mark.parametrize("override,needle", [
@@ -182,14 +218,3 @@ def test_joblib_launcher_runs_a_sweep_in_parallel(run_app, tmp_path, tiny):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert len(list((tmp_path / "outputs" / "default").glob("*/metrics.json"))) == 2
 
-
-def test_demo_report_gives_the_dense_norm_product_of_the_checkpoint(compose, tmp_path, tiny):
-    from src.demo_report import report
-
-    run_dir = tmp_path / "run"
-    train_in(compose, run_dir, *tiny, "logger=none", "m=5")
-    state = torch.load(run_dir / "model.ckpt", map_location="cpu", weights_only=True)["state_dict"]
-    U, W_out = state["model.mon.operator.U.weight"].double(), state["model.Wout.weight"].double()
-    expected = float(torch.linalg.matrix_norm(W_out, ord=2) * torch.linalg.matrix_norm(U, ord=2) / 5)
-    row = report([run_dir]).splitlines()[1].split()
-    assert float(row[0]) == 5 and float(row[2]) == pytest.approx(expected, abs=0.005)  # printed to 2 decimals
