@@ -18,7 +18,9 @@ run's saved Hydra config when the dataset is `synthetic` (1 channel: an MNIST st
 empty placeholder that says so and is reported as "not run" -- never from made-up numbers.
 
 Every figure and every report row is stamped with the dataset and profile of the runs it
-comes from; runs of profiles other than `paper` are pipeline checks, not reproductions.
+comes from; runs of profiles other than `paper` are pipeline checks, not reproductions.  A
+figure's title names its runs' dataset (mnist5k, Fashion-MNIST or synthetic data by their own
+names, never as MNIST or CIFAR-10) and the widths they have, not the paper's.
 When one figure's runs span several (dataset, profile) groups, the `paper` profile wins,
 then the group with most runs; the others are listed as ignored.
 

@@ -68,8 +68,24 @@ def ladder_curves(L, local=(0.8, 0.6), pgd=None):
 
 @pytest.fixture
 def runs_root(tmp_path) -> Path:
+    return write_runs(tmp_path / "runs")
+
+
+@pytest.fixture(scope="module")
+def drawn(tmp_path_factory) -> dict:
+    """{figure: its Result}, every figure built once from write_runs' runs (building all takes seconds)."""
+    import matplotlib.pyplot as plt
+
+    runs = runs_mod.load_runs([write_runs(tmp_path_factory.mktemp("drawn"))])
+    results = {}
+    for name, build in FIGURES.items():
+        results[name] = build(runs)
+        plt.close(results[name].figure)  # out of pyplot's list of open figures; its axes stay readable
+    return results
+
+
+def write_runs(root: Path) -> Path:
     """Runs for every figure; the trends hold except fig1b's h = 60 curve (not falling with m)."""
-    root = tmp_path / "runs"
     for d, L in ((3, 12.5), (5, 40.0), (8, 300.0)):
         write_run(root, f"dnn/d{d}", dnn(d), test_error=0.03 + d / 1000,
                   upper={"lipsdp_neuron": L, "lipsdp_layer": 1.2 * L, "naive": 3 * L}, lower={"grad_norm": L / 4},
@@ -226,6 +242,64 @@ def test_figures_are_stamped_with_dataset_and_profile(runs_root):
     texts = [t.get_text() for t in res.figure.texts]
     assert any("dataset: mnist5k" in t and "profile: smoke" in t and "not a reproduction" in t for t in texts)
     assert res.figure.axes[0].get_yscale() == "log"
+
+
+@pytest.mark.parametrize("data, name", [(("mnist", "paper"), "MNIST"), (MNIST, "MNIST 5k subset"),
+                                        (("fashion_mnist", "smoke"), "Fashion-MNIST"),
+                                        (("synthetic", "tiny"), "synthetic MNIST-shaped data")])
+def test_a_title_names_the_dataset_and_the_widths_of_the_runs_drawn(tmp_path, data, name):
+    for m in (1.0, 20.0):
+        write_run(tmp_path, f"mon_fc/h40_m{m}", mon_fc(40), m=m, data=data, upper={"theorem1": 5 / m})
+    res = bounds_m.fig1b(runs_mod.load_runs([tmp_path]))
+    assert res.title == f"Figure 1b: FC monDEQ Lipschitz bounds vs m — {name}, h = 40"  # not the paper's 40, 60
+    assert res.figure.texts[0].get_text() == res.title  # the suptitle
+    assert bounds_m.fig1b([]).title == "Figure 1b: FC monDEQ Lipschitz bounds vs m"  # not run: no claim
+
+
+def test_every_drawn_figure_is_titled_by_its_runs_and_keeps_the_papers_figure_name(drawn, runs_root):
+    titles = {name: res.title for name, res in drawn.items()}
+    assert titles["fig1b"].endswith("— MNIST 5k subset, h = 40, 60")  # the fixture has both widths
+    assert titles["fig2"].endswith("— CIFAR-10") and titles["fig9"].endswith("— CIFAR-10")
+    for name, title in titles.items():
+        if name.startswith("fig"):
+            assert title.startswith(f"Figure {name[3:]}: "), title
+    synthetic = [r for r in runs_mod.load_runs([runs_root]) if r.data == "cifar" and r.kind == "mon_conv"]
+    for run in synthetic:  # a CIFAR-10 stand-in is not called CIFAR-10
+        for record in (run.metrics, run.bounds, run.robustness):
+            record["dataset"] = "synthetic"
+        (run.path / ".hydra").mkdir()
+        (run.path / ".hydra" / "config.yaml").write_text(yaml.safe_dump({"dataset": {"in_shape": [3, 32, 32]}}))
+    assert bounds_m.fig2(synthetic).title.endswith("— synthetic CIFAR-10-shaped data")
+
+
+def axes_by_xlabel(drawn: dict, xlabel: str) -> dict:
+    """{figure: its axes with that x label}."""
+    found = {name: [ax for ax in res.figure.axes if ax.get_xlabel() == xlabel] for name, res in drawn.items()}
+    return {name: axes for name, axes in found.items() if axes}
+
+
+def test_m_is_on_a_log_axis_ticked_and_labelled_at_the_m_of_the_runs(drawn):
+    found = axes_by_xlabel(drawn, "strong-monotonicity parameter m")
+    assert set(found) == {"fig1b", "fig1d", "fig2", "fig3", "fig5", "fig8"}
+    for name, axes in found.items():
+        for ax in axes:
+            drawn_m = sorted({float(x) for line in ax.get_lines() if not getattr(line, "reference", False)
+                              for x in line.get_xdata()})
+            assert ax.get_xscale() == "log", name
+            assert list(ax.get_xticks()) == drawn_m, name
+            assert [t.get_text() for t in ax.get_xticklabels()] == [f"{m:g}" for m in drawn_m], name
+            assert not any(t.get_text() for t in ax.get_xticklabels(minor=True)), name
+    assert [t.get_text() for t in found["fig1b"][0].get_xticklabels()] == ["0.1", "1", "20"]
+
+
+def test_depth_axes_are_ticked_at_whole_numbers(drawn):
+    found = axes_by_xlabel(drawn, "depth")
+    assert set(found) == {"fig1a", "fig1c", "fig3", "fig8"}
+    for name, axes in found.items():
+        for ax in axes:
+            low, high = ax.get_xlim()
+            ticks = [t for t in ax.get_xticks() if low <= t <= high]
+            assert len(ticks) >= 2 and all(float(t).is_integer() for t in ticks), (name, ticks)
 
 
 def test_the_paper_profile_wins_over_smoke_and_the_other_group_is_listed(runs_root, tmp_path):

@@ -2,25 +2,27 @@
 from __future__ import annotations
 
 from . import canvas
-from .paper import PAPER, SRC_FIG4, SRC_FIG9, check, fmt, fmt_x, monotone
+from .paper import PAPER, SRC_FIG4, SRC_FIG9, check, fmt, fmt_values, fmt_x, monotone
 from .result import Result, Row
 from .runs import Run, by_key, by_size, cnn_key, one_group, pick
 
 
 def fig1b(runs: list[Run]) -> Result:
-    res = Result("fig1b", "Figure 1b: FC monDEQ Lipschitz bounds vs m (MNIST, h = 40, 60)")
+    res = Result("fig1b", "Figure 1b: FC monDEQ Lipschitz bounds vs m")
     sel, res.ignored = one_group(pick(runs, kind="mon_fc", data="mnist", protocol="standard", need="bounds",
                                       where=lambda r: r.field("width") in (40, 60)))
     res.runs = sel
     if not sel:
         return res
+    res.about(f"h = {fmt_values(r.field('width') for r in sel)}")
     fig, (ax,) = canvas.new_figure(1, res.title)
     tables = {}
     for width in sorted({r.field("width") for r in sel}):
         table = by_key([r for r in sel if r.field("width") == width], lambda r: r.m, res.notes)
         tables[width] = table
         canvas.theorem1_series(ax, table, f"h={width}", "sdp_diag", "diagonal SDP ub")
-    ax.set(xlabel="strong-monotonicity parameter m", ylabel="Lipschitz constant", yscale="log")
+    canvas.m_axis(ax)
+    ax.set(ylabel="Lipschitz constant", yscale="log")
     canvas.legend(ax)
     res.figure = canvas.finish(fig, sel)
     h40 = tables.get(40, {})
@@ -47,12 +49,13 @@ def fig1b(runs: list[Run]) -> Result:
 
 
 def fig1d(runs: list[Run]) -> Result:
-    res = Result("fig1d", "Figure 1d: convolutional monDEQ Lipschitz bounds vs m (MNIST)")
+    res = Result("fig1d", "Figure 1d: convolutional monDEQ Lipschitz bounds vs m")
     sel, res.ignored = one_group(pick(runs, kind={"mon_conv", "mon_multiconv"}, data="mnist", protocol="standard",
                                       need="bounds"))
     res.runs = sel
     if not sel:
         return res
+    res.about()
     names = {"mon_conv": "single conv", "mon_multiconv": "multi-tier conv"}
     fig, (ax,) = canvas.new_figure(1, res.title)
     tables = {}
@@ -62,7 +65,8 @@ def fig1d(runs: list[Run]) -> Result:
             continue
         tables[kind] = table
         canvas.theorem1_series(ax, table, name, "theorem1_pooled", "pooled ub")
-    ax.set(xlabel="strong-monotonicity parameter m", ylabel="Lipschitz constant", yscale="log")
+    canvas.m_axis(ax)
+    ax.set(ylabel="Lipschitz constant", yscale="log")
     canvas.legend(ax)
     res.figure = canvas.finish(fig, sel)
     for kind, value in PAPER["conv_theorem1_m20"].items():
@@ -78,12 +82,13 @@ def fig1d(runs: list[Run]) -> Result:
 
 
 def fig2(runs: list[Run]) -> Result:
-    res = Result("fig2", "Figure 2: CIFAR-10 Lipschitz bounds (a) and test error (b)")
+    res = Result("fig2", "Figure 2: Lipschitz bounds (a) and test error (b) of conv monDEQs and CNNs")
     sel, res.ignored = one_group(pick(runs, kind={"mon_conv", "cnn"}, data="cifar", protocol="standard",
                                       where=lambda r: r.bounds is not None or r.metrics is not None))
     res.runs = sel
     if not sel:
         return res
+    res.about()
     mon = by_key([r for r in sel if r.kind == "mon_conv"], lambda r: r.m, res.notes)
     cnn = by_size(by_key([r for r in sel if r.kind == "cnn"], cnn_key, res.notes))
     fig, (ax, bx) = canvas.new_figure(2, res.title)
@@ -95,11 +100,11 @@ def fig2(runs: list[Run]) -> Result:
         canvas.hline(ax, run.upper("seqlip_greedy"), f"CNN {size} ub (greedy SeqLip)", "-", colors.get(size))
         canvas.hline(ax, run.lower(), f"CNN {size} lb", "--", colors.get(size))
         canvas.hline(bx, run.test_error and 100 * run.test_error, f"CNN {size}", "-", colors.get(size))
-    ax.set(xlabel="strong-monotonicity parameter m", ylabel="Lipschitz constant", yscale="log",
-           title="(a) Lipschitz bounds")
-    bx.set(xlabel="strong-monotonicity parameter m", ylabel="test error (%)", title="(b) test error")
-    canvas.legend(ax)
-    canvas.legend(bx)
+    ax.set(ylabel="Lipschitz constant", yscale="log", title="(a) Lipschitz bounds")
+    bx.set(ylabel="test error (%)", title="(b) test error")
+    for a in (ax, bx):
+        canvas.m_axis(a)
+        canvas.legend(a)
     res.figure = canvas.finish(fig, sel)
     for m, (L, err) in PAPER["cifar_mon"].items():
         run = mon.get(m)
@@ -128,7 +133,7 @@ def fig2(runs: list[Run]) -> Result:
 
 
 def fig5(runs: list[Run]) -> Result:
-    res = Result("fig5", "Figure 5: MNIST test error vs m, (a) FC monDEQs (h = 40), (b) conv monDEQs")
+    res = Result("fig5", "Figure 5: test error vs m, (a) FC monDEQs (h = 40), (b) conv monDEQs")
     has_err = lambda r: r.test_error is not None  # noqa: E731
     fc = pick(runs, kind="mon_fc", data="mnist", protocol="standard", where=lambda r: r.field("width") == 40 and has_err(r))
     conv = pick(runs, kind={"mon_conv", "mon_multiconv"}, data="mnist", protocol="standard", where=has_err)
@@ -139,12 +144,14 @@ def fig5(runs: list[Run]) -> Result:
     fc_t = by_key([r for r in sel if r.kind == "mon_fc"], lambda r: r.m, res.notes)
     single = by_key([r for r in sel if r.kind == "mon_conv"], lambda r: r.m, res.notes)
     multi = by_key([r for r in sel if r.kind == "mon_multiconv"], lambda r: r.m, res.notes)
+    res.about()
     fig, (ax, bx) = canvas.new_figure(2, res.title)
     canvas.series(ax, {m: 100 * r.test_error for m, r in fc_t.items()}, "FC monDEQ, h=40")
     canvas.series(bx, {m: 100 * r.test_error for m, r in single.items()}, "single conv")
     canvas.series(bx, {m: 100 * r.test_error for m, r in multi.items()}, "multi-tier conv", "-", "s")
     for a, t in ((ax, "(a) width 40 monDEQs (Fig. 1b)"), (bx, "(b) convolutional monDEQs (Fig. 1d)")):
-        a.set(xlabel="strong-monotonicity parameter m", ylabel="test error (%)", title=t)
+        canvas.m_axis(a)
+        a.set(ylabel="test error (%)", title=t)
         canvas.legend(a)
     res.figure = canvas.finish(fig, sel)
     for m, err in PAPER["fc_test_error"].items():

@@ -11,7 +11,8 @@ FIG6_M = 1.0  # conf/experiment/fig6.yaml
 
 
 def fig6(runs: list[Run]) -> Result:
-    res = Result("fig6", "Figure 6: Lipschitz bounds vs width (MNIST), (a) DNNs of depth 5, (b) monDEQs (m = 1)")
+    res = Result("fig6", "Figure 6: Lipschitz bounds vs width, (a) DNNs of depth 5, "
+                         f"(b) monDEQs (m = {fmt_x(FIG6_M)})")
     dnn_runs = pick(runs, kind="dnn", data="mnist", protocol="standard", need="bounds",
                     where=lambda r: r.field("depth") == 5)
     mon_runs = pick(runs, kind="mon_fc", data="mnist", protocol="standard", need="bounds",
@@ -20,6 +21,7 @@ def fig6(runs: list[Run]) -> Result:
     res.runs = sel
     if not sel:
         return res
+    res.about()
     dnn = by_key([r for r in sel if r.kind == "dnn"], lambda r: r.field("width"), res.notes)
     mon = by_key([r for r in sel if r.kind == "mon_fc"], lambda r: r.field("width"), res.notes)
     fig, (ax, bx) = canvas.new_figure(2, res.title)

@@ -53,6 +53,28 @@ def theorem1_series(ax, table: dict, name: str, second: str, second_label: str) 
     series(ax, {m: r.lower() for m, r in table.items()}, f"{name} lower bound", "--", "s", color)
 
 
+def m_axis(ax) -> None:
+    """m on x, on a log axis: its grids span 0.1 to 20, which a linear axis squeezes below 1. Ticked at
+    the m values drawn and written as numbers (0.1, not 10^-1), so each tick names a run's m."""
+    from matplotlib.ticker import FuncFormatter, NullFormatter
+
+    ax.set(xlabel="strong-monotonicity parameter m", xscale="log")
+    drawn = sorted({float(x) for line in ax.get_lines() if not getattr(line, "reference", False)
+                    for x in line.get_xdata()})
+    if drawn:
+        ax.set_xticks(drawn)
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:g}"))
+    ax.xaxis.set_minor_formatter(NullFormatter())  # a log axis spanning under a decade labels its minor ticks
+
+
+def depth_axis(ax) -> None:
+    """Depth on x: a count of layers, ticked at whole numbers only."""
+    from matplotlib.ticker import MaxNLocator
+
+    ax.set_xlabel("depth")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
 def hline(ax, y, label, style="-", color=None):
     if y is not None:
         ax.axhline(y, linestyle=style, label=label, color=color, linewidth=1.2).reference = True

@@ -14,21 +14,25 @@ def _margin_runs(runs: list[Run], res: Result, where: Callable[[Run], bool], nee
     sel, res.ignored = one_group(pick(runs, kind="dnn", data="mnist", protocol="margin", need=need, where=where)
                                  + pick(runs, kind="mon_fc", data="mnist", protocol="margin", need=need, where=where))
     res.runs = sel
+    if sel:
+        res.about("margin protocol")
     dnn = by_key([r for r in sel if r.kind == "dnn"], lambda r: r.field("depth"), res.notes)
     mon = by_key([r for r in sel if r.kind == "mon_fc"], lambda r: r.m, res.notes)
     return sel, dnn, mon
 
 
 def fig3(runs: list[Run]) -> Result:
-    res = Result("fig3", "Figure 3: generalization bounds, (a) DNNs vs depth, (b) monDEQs vs m (margin protocol)")
+    res = Result("fig3", "Figure 3: generalization bounds, (a) DNNs vs depth, (b) monDEQs vs m")
     sel, dnn, mon = _margin_runs(runs, res, lambda r: bool(r.generalization), need="bounds")
     if not sel:
         return res
     fig, (ax, bx) = canvas.new_figure(2, res.title)
     canvas.series(ax, {d: r.gen_bound() for d, r in dnn.items()}, "DNN (Neyshabur et al. 2018)")
     canvas.series(bx, {m: r.gen_bound() for m, r in mon.items()}, "monDEQ (Theorem 3)")
-    ax.set(xlabel="depth", ylabel="generalization bound", yscale="log", title="(a) DNN")
-    bx.set(xlabel="strong-monotonicity parameter m", ylabel="generalization bound", yscale="log", title="(b) monDEQ")
+    canvas.depth_axis(ax)
+    canvas.m_axis(bx)
+    ax.set(ylabel="generalization bound", yscale="log", title="(a) DNN")
+    bx.set(ylabel="generalization bound", yscale="log", title="(b) monDEQ")
     canvas.legend(ax)
     canvas.legend(bx)
     res.figure = canvas.finish(fig, sel)
@@ -58,7 +62,7 @@ def fig3(runs: list[Run]) -> Result:
 
 
 def fig8(runs: list[Run]) -> Result:
-    res = Result("fig8", "Figure 8: (a) DNN and (b) monDEQ test error (margin protocol), (c) unrolled-FB generalization bound")
+    res = Result("fig8", "Figure 8: (a) DNN and (b) monDEQ test error, (c) unrolled-FB generalization bound")
     sel, dnn, mon = _margin_runs(runs, res, lambda r: r.test_error is not None)
     if not sel:
         return res
@@ -75,8 +79,10 @@ def fig8(runs: list[Run]) -> Result:
             unrolled[m] = pts
             line = canvas.series(cx, pts, f"unrolled FB, m={fmt_x(m)}")
             canvas.hline(cx, run.gen_complexity(), f"Theorem 3, m={fmt_x(m)}", ":", line.get_color() if line else None)
-    ax.set(xlabel="depth", ylabel="test error (%)", title="(a) DNN")
-    bx.set(xlabel="strong-monotonicity parameter m", ylabel="test error (%)", title="(b) monDEQ")
+    canvas.depth_axis(ax)
+    canvas.m_axis(bx)
+    ax.set(ylabel="test error (%)", title="(a) DNN")
+    bx.set(ylabel="test error (%)", title="(b) monDEQ")
     cx.set(xlabel="alpha", ylabel="complexity term", xscale="log", yscale="log", title="(c) unrolled FB")
     for a in (ax, bx, cx):
         canvas.legend(a)

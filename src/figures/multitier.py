@@ -8,7 +8,7 @@ from .runs import Run, one_group, pick
 
 
 def cifar_multitier(runs: list[Run]) -> Result:
-    res = Result("cifar_multitier", "Section 5.1: large multi-tier monDEQ on CIFAR-10 (channels 64, 128, 128, augmented)")
+    res = Result("cifar_multitier", "Section 5.1: large multi-tier monDEQ")
     sel, res.ignored = one_group(pick(runs, kind="mon_multiconv", data="cifar", protocol="standard",
                                       where=lambda r: r.bounds is not None or r.metrics is not None))
     sel = sel[:1]
@@ -16,6 +16,8 @@ def cifar_multitier(runs: list[Run]) -> Result:
     if not sel:
         return res
     run = sel[0]
+    ch = run.field("channels")
+    res.about(*([f"channels {ch}"] if ch is not None else []))
     L_paper, err_paper = PAPER["cifar_multitier"]
     fig, (ax, bx) = canvas.new_figure(2, res.title)
     for a, label, paper, ours, scale in ((ax, "Lipschitz bound (Theorem 1)", L_paper, run.upper("theorem1"), "log"),
@@ -27,7 +29,6 @@ def cifar_multitier(runs: list[Run]) -> Result:
     res.figure = canvas.finish(fig, sel)
     res.rows.append(Row("Lipschitz upper bound", fmt(L_paper), fmt(run.upper("theorem1")), run=run, source="section 5.1"))
     res.rows.append(Row("test error", fmt(err_paper, True), fmt(run.test_error, True), run=run, source="section 5.1"))
-    ch = run.field("channels")
     if ch is not None and list(ch) != [64, 128, 128]:
         res.notes.append(f"channels {list(ch)}, not the paper's [64, 128, 128]")
     return res

@@ -57,6 +57,11 @@ def fmt_x(x) -> str:
     return f"{x:g}" if isinstance(x, float) else str(x)
 
 
+def fmt_values(xs) -> str:
+    """The distinct values among `xs`, ascending: "40, 60"."""
+    return ", ".join(fmt_x(x) for x in sorted(set(xs), key=sortable))
+
+
 @dataclass
 class Trend:
     claim: str

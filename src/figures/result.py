@@ -37,3 +37,8 @@ class Result:
     @property
     def ran(self) -> bool:
         return bool(self.runs)
+
+    def about(self, *facts: str) -> None:
+        """Ends the title with what the drawn runs are: their dataset, then `facts` (derived from the runs
+        or enforced by the figure's selection), so that it never states the paper's setting unrun."""
+        self.title += f" — {', '.join([*sorted({r.dataset_title for r in self.runs}), *facts])}"

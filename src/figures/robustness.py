@@ -4,7 +4,7 @@ from __future__ import annotations
 import math
 
 from . import canvas
-from .paper import PAPER, SRC_FIG4, SRC_FIG9, check, fmt, fmt_x
+from .paper import PAPER, SRC_FIG4, SRC_FIG9, check, fmt, fmt_values, fmt_x
 from .result import Result, Row
 from .runs import Run, by_key, by_size, cnn_key, one_group, pick
 
@@ -68,13 +68,14 @@ def _robust_figure(res: Result, entries, runs: list[Run]):
 
 
 def fig4(runs: list[Run]) -> Result:
-    res = Result("fig4", "Figure 4: MNIST robustness, (a) certified, (b) l2 PGD")
+    res = Result("fig4", "Figure 4: robustness of DNNs and FC monDEQs, (a) certified, (b) l2 PGD")
     cand = pick(runs, kind={"dnn", "mon_fc"}, data="mnist", need="robustness",
                 where=lambda r: r.field("width") == 40 and r.protocol == "standard")
     sel, res.ignored = one_group(cand)
     res.runs = sel
     if not sel:
         return res
+    res.about(f"width {fmt_values(r.field('width') for r in sel)}")
     dnn = by_key([r for r in sel if r.kind == "dnn"], lambda r: r.field("depth"), res.notes)
     mon = by_key([r for r in sel if r.kind == "mon_fc"], lambda r: r.m, res.notes)
     res.figure = _robust_figure(res, [(f"DNN d={d}", r, "-o") for d, r in dnn.items()]
@@ -124,12 +125,13 @@ def fig4(runs: list[Run]) -> Result:
 
 
 def fig9(runs: list[Run]) -> Result:
-    res = Result("fig9", "Figure 9: CIFAR-10 robustness, (a) certified, (b) l2 PGD")
+    res = Result("fig9", "Figure 9: robustness of conv monDEQs and CNNs, (a) certified, (b) l2 PGD")
     sel, res.ignored = one_group(pick(runs, kind={"mon_conv", "cnn"}, data="cifar", need="robustness",
                                       where=lambda r: r.protocol == "standard"))
     res.runs = sel
     if not sel:
         return res
+    res.about()
     mon = by_key([r for r in sel if r.kind == "mon_conv"], lambda r: r.m, res.notes)
     cnn = by_size(by_key([r for r in sel if r.kind == "cnn"], cnn_key, res.notes))
     res.figure = _robust_figure(res, [(f"CNN {s}", r, "-o") for s, r in cnn.items()]
@@ -190,7 +192,7 @@ def ladder(runs: list[Run]) -> Result:
     res.notes += [f"m = {fmt_x(other)} has exact curves too (`{r.path}`); the ladder shows m = {fmt_x(m)}"
                   for other, r in mon.items() if other != m]
     norms = [n for n in NORM_NAMES if _exact_curve(run, n)]
-    what = (f"m = {fmt_x(m)}, width {run.field('width')}, {run.dataset}, "
+    what = (f"m = {fmt_x(m)}, width {run.field('width')}, {run.dataset_title}, "
             f"{(run.robustness or {}).get('n_test')} test points")
     fig, axes = canvas.new_figure(len(norms), f"{res.title}\n{what}")
     res.title += f" ({what})"

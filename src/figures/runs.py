@@ -27,6 +27,11 @@ CIFAR_LIKE = {"cifar10"}
 PROFILE_RANK = {"paper": 0, "smoke": 1, "tiny": 2}
 
 
+# How a title names a dataset: a stand-in never by the name of the paper's dataset alone.
+DATASET_TITLES = {"mnist": "MNIST", "mnist5k": "MNIST 5k subset", "fashion_mnist": "Fashion-MNIST",
+                  "cifar10": "CIFAR-10"}
+
+
 def _in_channels(path: Path) -> int | None:
     """The dataset's channel count from the run's saved Hydra config (.hydra/<app>/config.yaml)."""
     import yaml
@@ -74,6 +79,13 @@ class Run:
     @property
     def dataset(self) -> str:
         return str(self._first("dataset") or "?")
+
+    @property
+    def dataset_title(self) -> str:
+        """The dataset as a figure's title names it; synthetic data by the shape they mimic."""
+        if self.dataset == "synthetic":
+            return f"synthetic {'CIFAR-10' if self.data == 'cifar' else 'MNIST'}-shaped data"
+        return DATASET_TITLES.get(self.dataset, self.dataset)
 
     @property
     def profile(self) -> str:

@@ -21,6 +21,7 @@ def fig7(runs: list[Run]) -> Result:
     res.runs = sel
     if not sel:
         return res
+    res.about()
     run = sel[0]
     fig, axes = canvas.new_figure(2, res.title)
     for ax, method, name in zip(axes, ("fb", "pr"), ("forward-backward", "Peaceman-Rachford")):
