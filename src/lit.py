@@ -72,7 +72,9 @@ class LitClassifier(L.LightningModule):
         self.log("train/loss", loss, prog_bar=True)
         self.log("train/error", error, prog_bar=True)
         # the epoch's means, beside the per-step values (a dashboard's per-epoch curves)
-        self.log_dict({"epoch/train_loss": loss, "epoch/train_error": error}, on_step=False, on_epoch=True)
+        # (over every rank's batches under DDP: the epoch's, not rank zero's share)
+        self.log_dict({"epoch/train_loss": loss, "epoch/train_error": error}, on_step=False, on_epoch=True,
+                      sync_dist=True, batch_size=len(y))
         return loss
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
@@ -89,7 +91,7 @@ class LitClassifier(L.LightningModule):
 
     def on_train_epoch_end(self) -> None:
         self.totals["seconds"] += time.perf_counter() - self._epoch_start
-        self.log("epoch/lr", self.optimizers().param_groups[0]["lr"], on_step=False, on_epoch=True)
+        self.log("epoch/lr", self.optimizers().param_groups[0]["lr"], on_step=False, on_epoch=True, sync_dist=True)
 
     # --- the test split after every epoch (trainer.limit_val_batches of it; the profiles set it) --
     # Its loader draws a seed from torch's generator: restored after it, so that watching the test

@@ -130,6 +130,10 @@ def _train(cfg: DictConfig, run_dir: Path, group: str) -> dict:
     # lightning gives its logger a console handler at import; the app's handlers (Hydra's job_logging:
     # console and <app>.log) already show its lines
     logging.getLogger("lightning").handlers.clear()
+    # Lightning's rank-zero notes (tips, "GPU available", batch limits): not this app's results
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)
+    # lightning 2.6's own use of a torch 2.14 deprecation, once per fit
+    warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
     protocol = dict(cfg.protocol)
     # The run dir also holds Hydra's and the loggers' files; Lightning warns about any such dir.
     warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")

@@ -85,6 +85,7 @@ KEYS: dict[str, Key] = {
     "trainer.max_epochs": Key(POS_INT, NOTHING),
     "trainer.deterministic": Key(choice(True, False, "warn"), {RUN}),
     "trainer.enable_progress_bar": Key(boolean(), NOTHING),
+    "trainer.enable_model_summary": Key(boolean(), NOTHING),
     "trainer.log_every_n_steps": Key(POS_INT, NOTHING),
     "trainer.limit_train_batches": Key(LIMIT, {RUN}),
     "trainer.limit_test_batches": Key(LIMIT, {RUN}),

@@ -78,9 +78,9 @@ def planar():
     return net, dm, x, labels, global_pairs(net)
 
 
-# two variants in the fast suite (each norm once, the box once), the other two with `make test-slow`
-@pytest.mark.parametrize("norm,box", [pytest.param(*v, marks=[pytest.mark.slow] if v in VARIANTS[::3] else [])
-                                      for v in VARIANTS])
+# `make test-slow` (a minute each); the fast suite's exact checks: the decisions turning at the exact distance
+@pytest.mark.slow
+@pytest.mark.parametrize("norm,box", VARIANTS)
 def test_exact_radii_bracket_the_brute_force_distance_and_meet_it(planar, norm, box):
     """radii_lower <= the exact distance <= radii_upper, within the bisection's precision; every point
     decided on the grid; each counterexample in the ball and box and fooling the network's own solver."""
@@ -165,6 +165,7 @@ def test_over_max_unstable_or_max_solves_is_undecided_never_guessed(planar):
     assert changed.any() and (capped["status"][changed] == exact.UNDECIDED).all()
 
 
+@pytest.mark.slow
 def test_the_audit_finds_counterexamples_just_outside_the_exact_linf_balls(planar):
     """The audit of an exact curve attacks its own balls (l_inf, box): none inside, some 5% beyond."""
     net, dm, x, labels, pair = planar

@@ -265,6 +265,7 @@ def test_robustness_keys_stay_out_of_the_run_dir_name(compose):
     assert default_grid(mnist, "pgd") == pytest.approx([0.1 * k for k in range(1, 16)])
 
 
+@pytest.mark.slow
 def test_app_end_to_end_on_a_trained_checkpoint(run_app, tmp_path, tiny):
     """src.run trains; src.robustness with extra overrides finds the same run dir and writes
     robustness.json; a second run with another method keeps the first one's curves."""

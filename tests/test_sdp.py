@@ -1,8 +1,11 @@
 """SDP solver selection: an unlicensed MOSEK falls back to SCS, and says so."""
+import logging
+
 import cvxpy as cp
 import numpy as np
 import pytest
 
+from src.bounds import sdp
 from src.bounds.sdp import solve
 
 
@@ -11,13 +14,17 @@ def _problem():
     return cp.Problem(cp.Minimize(cp.trace(X)), [X >> np.diag([1.0, 2.0])])
 
 
-def test_unlicensed_mosek_falls_back_to_scs_with_a_warning(monkeypatch):
+def test_unlicensed_mosek_falls_back_to_scs_with_a_warning_once(monkeypatch, caplog):
     monkeypatch.setenv("MOSEKLM_LICENSE_FILE", "/nonexistent/mosek.lic")
+    monkeypatch.setattr(sdp, "_SAID_UNAVAILABLE", set())
     if "MOSEK" not in cp.installed_solvers():
         pytest.fail("mosek is pinned in requirements.txt and must be installed")
-    with pytest.warns(RuntimeWarning, match="MOSEK failed"):
+    with caplog.at_level(logging.WARNING, logger="src.bounds.sdp"):
         report = solve(_problem(), options={"SCS": {"eps_abs": 1e-8, "eps_rel": 1e-8}})
-    assert report.solver == "SCS" and report.ok
+        again = solve(_problem(), options={"SCS": {"eps_abs": 1e-8, "eps_rel": 1e-8}})
+    said = [r.getMessage() for r in caplog.records]
+    assert len(said) == 1 and "SDP solver MOSEK is unavailable" in said[0] and "SCS" in said[0]
+    assert report.solver == again.solver == "SCS" and report.ok and "MOSEK" in again.skipped
     assert "MOSEK" in report.skipped and "icen" in report.skipped["MOSEK"]  # licence / license
     assert report.value == pytest.approx(3.0, rel=1e-6)
 

@@ -7,15 +7,17 @@ and why others were skipped, so no bound is ever silently from another solver.
 """
 from __future__ import annotations
 
+import logging
 import math
 import time
-import warnings
 from dataclasses import asdict, dataclass, field
 
 import cvxpy as cp
 import numpy as np
 
 DEFAULT_SOLVERS = ("MOSEK", "SCS")
+log = logging.getLogger(__name__)
+_SAID_UNAVAILABLE: set[str] = set()
 
 
 def schur_rounding(evals) -> float:
@@ -74,8 +76,10 @@ def solve(problem: cp.Problem, solvers=DEFAULT_SOLVERS, options: dict | None = N
             problem.solve(solver=name, **(options or {}).get(name, {}))
         except _solver_errors() as exc:  # e.g. MOSEK without a licence file
             report.skipped[name] = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-            warnings.warn(f"SDP solver {name} failed ({report.skipped[name]}); trying the next of {list(solvers)}",
-                          RuntimeWarning, stacklevel=2)
+            if name not in _SAID_UNAVAILABLE:  # one line per process, not one per SDP
+                _SAID_UNAVAILABLE.add(name)
+                log.warning(f"warning: SDP solver {name} is unavailable ({report.skipped[name].split('. ')[0]}); "
+                            f"the next of {list(solvers)} solves instead (each result records its solver)")
             continue
         report.solver, report.status = name, problem.status
         report.seconds = time.perf_counter() - start
