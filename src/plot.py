@@ -4,7 +4,8 @@
     python -m src.plot --figure fig1b          # one figure: outputs/figures/fig1b.png and its report
                                                # section outputs/figures/fig1b.md
     python -m src.plot --assemble              # outputs/report.md from the sections already written
-    python -m src.plot --runs outputs/smoke --params params.yaml --figure fig4   # as dvc.yaml does
+    python -m src.plot --runs outputs/smoke --params params.yaml --figure fig4 --metrics outputs/metrics
+                                               # as dvc.yaml does; outputs/metrics/fig4.json: its headline
 
 Beside each figure, its data series as CSV files, outputs/series/<figure>/<curve>/<quantity>.csv
 (src/figures/series.py), for `dvc plots diff`; each drawn figure also goes to wandb as an image
@@ -45,7 +46,7 @@ from pathlib import Path
 from . import files, loggers
 from .errors import one_line_errors
 from .figures import FIGURES, series
-from .figures.report import assemble, draw
+from .figures.report import assemble, draw, headline
 from .figures.runs import filter_by_params, load_runs
 
 
@@ -59,6 +60,9 @@ def make_parser() -> argparse.ArgumentParser:
                         help=f"draw only these ({', '.join(FIGURES)}); writes their sections, not report.md")
     parser.add_argument("--params", type=Path, help="keep only the runs of this params.yaml's grids (DVC)")
     parser.add_argument("--profile", help="keep only runs of this profile")
+    parser.add_argument("--metrics", type=Path,
+                        help="also write METRICS/<figure>.json: its headline numbers (paper, ours, trends), "
+                             "the DVC metrics")
     parser.add_argument("--assemble", action="store_true", help="only write report.md from existing sections")
     parser.add_argument("--no-wandb", action="store_true",
                         help="do not log the figures to wandb (default: into the project of the runs' wandb runs)")
@@ -95,6 +99,8 @@ def _plot(args: argparse.Namespace) -> int:
     for name in names:
         res = draw(name, runs, args.out)
         series.write(name, res.runs, args.out)
+        if args.metrics is not None:
+            files.write_json(args.metrics / f"{name}.json", headline(res))
         if res.ran:
             drawn.append(res)
         verdicts = ", ".join(f"{t.verdict}" for t in res.trends)

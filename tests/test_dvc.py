@@ -113,9 +113,11 @@ DVC = str(Path(sys.executable).parent / "dvc")
 SET = ["profile=tiny", "grids.dnn.depth=[3]", "data.mnist='dataset=synthetic dataset.n_train=64 dataset.n_test=32'",
        "bound_args.dnn=\"'bound.methods=[naive,grad_norm]' bound.lower_points=16 generalization.enabled=false\""]
 RUN = "outputs/smoke/dnn/d3"  # the tree of the project's preset (smoke), whatever its profile
+HEADLINE = "outputs/metrics/fig1a.json"
 RESULTS = [f"{RUN}/{name}" for name in ("model.ckpt", "last.ckpt", "metrics.json", "summary_run.json", "bounds.json",
                                         "summary_bound.json", ".hydra/run/config.yaml", ".hydra/bound/config.yaml")] + [
-    "outputs/smoke/figures/fig1a.png", "outputs/smoke/figures/fig1a.md", "outputs/smoke/series/fig1a/dnn_width40/upper_naive.csv"]
+    "outputs/smoke/figures/fig1a.png", "outputs/smoke/figures/fig1a.md", "outputs/smoke/series/fig1a/dnn_width40/upper_naive.csv",
+    HEADLINE]
 
 
 def _run(cwd: Path, *cmd: str) -> str:
@@ -164,15 +166,16 @@ def test_exp_run_set_param_then_push_pull_and_a_preset_switch(tmp_path):
     params = yaml.safe_load(params_text)
     assert (params["profile"], params["grids"]["dnn"], params["preset"]) == ("tiny", {"depth": [3]}, "smoke")
     assert "train_dnn@3" in _run(project, DVC, "stage", "list").split()
-    # the experiment's metrics are the two summary files (a few numbers each), also from its commit
+    # the experiment's metrics: the figure's headline, a few numbers at a path of no preset, also from its commit
     shown = json.loads(_run(project, DVC, "metrics", "show", "--json"))[""]["data"]  # every stage's, run or not
-    assert {path for path, value in shown.items() if "data" in value} == {f"{RUN}/summary_run.json",
-                                                                         f"{RUN}/summary_bound.json"}
-    bound = json.loads((project / RUN / "summary_bound.json").read_text())
+    assert {path for path, value in shown.items() if "data" in value} == {HEADLINE}
+    headline = json.loads((project / HEADLINE).read_text())
+    assert set(headline) == {"paper", "ours", "trends_holding", "trends_checked", "runs"} and headline["runs"] == 1
+    assert _experiment_metrics(json.loads(_run(project, DVC, "exp", "show", "--json"))) == {HEADLINE: headline}
+    table = _run(project, DVC, "metrics", "show")
+    assert max(map(len, table.splitlines())) < 120, table
+    bound = json.loads((project / RUN / "summary_bound.json").read_text())  # per run: in the run dir, an out
     assert set(bound) == {"test_error", "upper/naive", "lower/grad_norm"}
-    experiment = _experiment_metrics(json.loads(_run(project, DVC, "exp", "show", "--json")))
-    assert experiment[f"{RUN}/summary_bound.json"] == bound and set(experiment) == {f"{RUN}/summary_run.json",
-                                                                                    f"{RUN}/summary_bound.json"}
     plots = json.loads(_run(project, DVC, "plots", "show", "--json"))["data"]
     assert [p["type"] for p in plots["outputs/smoke/figures/fig1a.png"]] == ["image"]
     [naive] = plots["outputs/smoke/series/fig1a/dnn_width40/upper_naive.csv"]

@@ -165,6 +165,24 @@ def test_every_figure_is_drawn_and_the_report_has_our_numbers_beside_the_papers(
     assert table_row(report, "monDEQ m = 20, complexity term")[1:3] == ["3.776e+04", "4e+04"]
 
 
+def test_each_figures_headline_is_its_first_row_with_both_numbers_and_its_trend_count(runs_root, tmp_path):
+    """outputs/metrics/<figure>.json, the DVC metrics: the same few keys for every figure."""
+    out, metrics = tmp_path / "out", tmp_path / "metrics"
+    assert plot.main(["--runs", str(runs_root), "--out", str(out), "--metrics", str(metrics),
+                      "--figure", "fig1b", "fig4"]) == 0
+    fig1b, fig4 = (json.loads((metrics / f"{name}.json").read_text()) for name in ("fig1b", "fig4"))
+    assert (fig1b["paper"], fig1b["ours"]) == (47.38, 40.0)  # the first row: Theorem 1 bound, h = 40, m = 0.1
+    assert (fig4["paper"], fig4["ours"]) == (51.0, 60.0)  # "certified accuracy at eps = 0.2, monDEQ m = 20", in %
+    report = (out / "figures" / "fig1b.md").read_text()
+    assert fig1b["trends_holding"] == report.count("| **holding** |") and fig1b["runs"] > 0
+    assert fig1b["trends_checked"] == fig1b["trends_holding"] + report.count("| **not holding** |")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert plot.main(["--runs", str(empty), "--out", str(out), "--metrics", str(metrics), "--figure", "fig1b"]) == 0
+    assert json.loads((metrics / "fig1b.json").read_text()) == {
+        "paper": None, "ours": None, "trends_holding": 0, "trends_checked": 0, "runs": 0}
+
+
 def test_the_ladder_sets_each_certificate_against_the_exact_curve_and_judges_both_sides(tmp_path):
     """The ladder's rows are shares of the exact robust accuracy; a certificate above the exact curve's
     upper side, or PGD below its proved side, is a trend that does not hold."""

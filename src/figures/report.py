@@ -1,6 +1,7 @@
 """The report: one markdown section per figure (with its PNG), assembled into report.md."""
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -43,6 +44,26 @@ def section(res: Result, image: str | None) -> str:
         lines += [f"- {n}" for n in res.notes] + [""]
     lines += ["<details><summary>run dirs</summary>", ""] + [f"- `{r.path}`" for r in res.runs] + ["", "</details>", ""]
     return "\n".join(lines)
+
+
+def _number(text: str) -> float | None:
+    """A number as the report prints it ("3.83", "51%", "1.2e+05"); None for anything else ("—", ranges)."""
+    try:
+        value = float(text.strip().rstrip("%").replace(",", ""))
+    except ValueError:
+        return None
+    return value if math.isfinite(value) else None
+
+
+def headline(res: Result) -> dict:
+    """The figure's few numbers for `dvc metrics show`: its first report row with both the paper's number and
+    ours (as printed there), the number of trends checked and holding, and the runs drawn; the same keys
+    for every figure, so the table is one short row per figure and comparable across presets."""
+    pair = next(((p, o) for r in res.rows for p, o in [(_number(r.paper), _number(r.ours))]
+                 if p is not None and o is not None), (None, None))
+    checked = [t for t in res.trends if t.verdict != NOT_RUN]
+    return {"paper": pair[0], "ours": pair[1], "trends_holding": sum(t.verdict == HOLDING for t in checked),
+            "trends_checked": len(checked), "runs": len(res.runs)}
 
 
 def draw(name: str, runs: list[Run], out: Path) -> Result:
