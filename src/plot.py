@@ -109,13 +109,16 @@ def _plot(args: argparse.Namespace) -> int:
     if not args.figure:
         print(f"wrote {assemble(args.out)}")
     if not args.no_wandb:
-        log_figures(drawn, args.out)
+        log_figures(drawn, args.out, preset=str(yaml.safe_load(args.params.read_text()).get("preset"))
+                    if args.params is not None else None)
     return 0
 
 
-def log_figures(drawn, out: Path) -> None:
+def log_figures(drawn, out: Path, preset: str | None = None) -> None:
     """Each drawn figure as an image in a wandb run of its experiment's group (job_type plot), in the
-    project of its runs' wandb runs; nothing when none of them logged to wandb or WANDB_MODE=disabled."""
+    project of its runs' wandb runs, tagged and configured with what it was drawn from (the pipeline's
+    preset, the runs' profile and dataset); nothing when none of them logged to wandb or
+    WANDB_MODE=disabled."""
     if os.environ.get("WANDB_MODE") == "disabled":
         return
     for res in drawn:
@@ -123,9 +126,14 @@ def log_figures(drawn, out: Path) -> None:
         if not paths:
             continue
         project = files.read_json(paths[0])
+        drawn_from = {"preset": preset, "profile": sorted({r.profile for r in res.runs}),
+                      "dataset": sorted({r.dataset for r in res.runs})}
+        tags = [res.name, "figure", *([f"preset:{preset}"] if preset else []),
+                *(f"profile:{p}" for p in drawn_from["profile"]), *(f"dataset:{d}" for d in drawn_from["dataset"])]
         ident = loggers.identity(out / "figures" / f"{res.name}.{loggers.RUN_FILE}", f"{res.name}/figure",
-                                 project["project"], project["entity"], res.name, [res.name, "figure"])
-        run = loggers.open_run(ident, out, "plot", {"figure": res.name, "runs": sorted(str(r.path) for r in res.runs)})
+                                 project["project"], project["entity"], res.name, tags)
+        run = loggers.open_run(ident, out, "plot", {"figure": res.name, **drawn_from,
+                                                    "runs": sorted(str(r.path) for r in res.runs)})
         try:
             run.images({res.name: out / "figures" / f"{res.name}.png"})
         finally:

@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 import yaml
 from test_plot import dnn, mon_fc, robust, write_run
+from tests.wandb_offline import runs as wandb_runs
 
 from src import plot, preset
 from src.errors import ConfigError
@@ -121,7 +122,7 @@ RESULTS = [f"{RUN}/{name}" for name in ("model.ckpt", "last.ckpt", "metrics.json
 
 
 def _run(cwd: Path, *cmd: str) -> str:
-    env = {**os.environ, "DVC_NO_ANALYTICS": "1", "WANDB_MODE": "disabled", "MPLBACKEND": "Agg",
+    env = {**os.environ, "DVC_NO_ANALYTICS": "1", "WANDB_MODE": "offline", "MPLBACKEND": "Agg",
            "OMP_NUM_THREADS": "1", "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, f"{' '.join(cmd)}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
@@ -171,11 +172,18 @@ def test_exp_run_set_param_then_push_pull_and_a_preset_switch(tmp_path):
     assert {path for path, value in shown.items() if "data" in value} == {HEADLINE}
     headline = json.loads((project / HEADLINE).read_text())
     assert set(headline) == {"paper", "ours", "trends_holding", "trends_checked", "runs"} and headline["runs"] == 1
-    assert _experiment_metrics(json.loads(_run(project, DVC, "exp", "show", "--json"))) == {HEADLINE: headline}
+    numbers = {key: value for key, value in headline.items() if value is not None}  # DVC drops the nulls
+    assert _experiment_metrics(json.loads(_run(project, DVC, "exp", "show", "--json"))) == {HEADLINE: numbers}
     table = _run(project, DVC, "metrics", "show")
     assert max(map(len, table.splitlines())) < 120, table
     bound = json.loads((project / RUN / "summary_bound.json").read_text())  # per run: in the run dir, an out
     assert set(bound) == {"test_error", "upper/naive", "lower/grad_norm"}
+    # the dashboards: the model's one wandb run (training, then its bounds), the figure's own
+    logged = wandb_runs(project / RUN)
+    assert [r["job_type"] for r in logged] == ["train", "bound"] and len({r["id"] for r in logged}) == 1
+    assert logged[1]["summary"]["bound/upper/naive"] == bound["upper/naive"]
+    figure, = wandb_runs(project / "outputs" / "smoke")
+    assert {"fig1a", "preset:smoke", "profile:tiny", "dataset:synthetic"} <= set(figure["tags"])
     plots = json.loads(_run(project, DVC, "plots", "show", "--json"))["data"]
     assert [p["type"] for p in plots["outputs/smoke/figures/fig1a.png"]] == ["image"]
     [naive] = plots["outputs/smoke/series/fig1a/dnn_width40/upper_naive.csv"]

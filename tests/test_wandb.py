@@ -13,7 +13,7 @@ OFFLINE_BY_DEFAULT = {"WANDB_MODE": None, "WANDB_API_KEY": None}
 
 
 def test_every_app_logs_into_the_run_of_its_run_dir(run_app, tmp_path, tiny):
-    args = [*tiny, "+experiment=fig1b", "m=20", "trainer.max_epochs=2"]
+    args = [*tiny, "+experiment=fig1b", "m=20", "trainer.max_epochs=2", "then=[]"]  # each app by its own command
     for app, extra in (("run", []), ("bound", ["bound.methods=[theorem1]"]),
                        ("robustness", ["robustness.n_test=32", "robustness.pgd.steps=2", "robustness.progress=false"]),
                        ("run", [])):  # the same command again: it continues the run, it makes no new one
@@ -50,4 +50,5 @@ def test_every_app_logs_into_the_run_of_its_run_dir(run_app, tmp_path, tiny):
     assert proc.returncode == 0, proc.stderr[-3000:]
     plot, = runs(tmp_path / "report")
     assert (plot["job_type"], plot["group"]) == ("plot", "fig1b")
+    assert {"fig1b", "figure", "profile:tiny", "dataset:synthetic"} <= set(plot["tags"])  # what it was drawn from
     assert plot["history"]["figures/fig1b/_type"] == "image-file"
