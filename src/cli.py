@@ -145,8 +145,9 @@ def check_job(config: DictConfig) -> None:
     with read_write(task), open_dict(task):
         del task["hydra"]
     validate(task)  # first: the run dir's name holds the overrides' values, which it checks
-    for app in task.get("then") or ():  # src.run's followers: their keys checked before any training
-        follower_config(app, _typed(config))
+    if config.hydra.job.name == "run":  # src.run's followers (the other apps ignore `then`): checked before training
+        for app in task.get("then") or ():
+            follower_config(app, _typed(config))
     hc = config.hydra
     files.check_run_dir(Path(hc.sweep.dir) / hc.sweep.subdir if hc.mode == RunMode.MULTIRUN else hc.run.dir)
 

@@ -87,6 +87,14 @@ def test_a_follower_that_cannot_take_the_overrides_is_refused_before_training(ru
     assert "++KEY=VALUE" in proc.stderr and not run_dir.exists()
 
 
+def test_only_src_run_composes_its_followers(run_app, tmp_path, tiny):
+    """The ladder's `then: [bound, robustness]` is src.run's: src.robustness of the same overlay takes its own
+    keys, which src.bound's config lacks (the pipeline's robustness_ladder stage)."""
+    proc = run_app("robustness", "+experiment=ladder", *tiny, "logger=none", "robustness.progress=false",
+                   f"hydra.run.dir={tmp_path / 'run'}")
+    assert "then=[bound]" not in proc.stderr and "model.ckpt does not exist" in proc.stderr, proc.stderr[-3000:]
+
+
 def test_a_run_refused_inside_its_job_leaves_no_run_dir(run_app, tmp_path):
     """The dataset is read inside the job, after Hydra made the run dir: the refusal removes it again."""
     run_dir = tmp_path / "run"
