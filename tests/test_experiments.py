@@ -7,7 +7,7 @@
 - dvc.yaml resolves (DVC's own parser) for both presets, and every stage's
   command is a valid invocation of its app: Hydra composes and validates its overrides
   (src.plot's are parsed by its argument parser);
-- every result is a cached out, every stage's metrics are the apps' flat summary files, and
+- every result is a cached out, the only metrics are the figures' headlines, and
   the top-level plots name the x of each figure's data series (src/figures/series.py); every
   stage depends on the code its app imports;
 - a `slow` test runs the whole DAG on synthetic data in a temporary copy of the project and
@@ -29,7 +29,7 @@ import yaml
 from omegaconf import OmegaConf
 from test_layout import imports_of
 
-from src import plot, preset, summary
+from src import plot, preset
 from src.cli import CONF_DIR, validate
 from src.figures import series
 from src.models import build_model
@@ -268,12 +268,11 @@ def test_every_stage_of_every_grid_value_composes(pipeline):
     _check_commands(stages, _params(name))
 
 
-# What each app leaves in its run dir, as outs (the rich JSON files and Hydra's saved config, .hydra/<app
-# name>/), beside its flat summary, the stage's only metrics file; .dvcignore hides the rest (lock, logs).
-RUN_DIR_OUTS = {"train": ("model.ckpt", "last.ckpt", "metrics.json", ".hydra/run"),
-                "bound": ("bounds.json", ".hydra/bound"),
-                "robustness": ("bounds.json", "robustness.json", ".hydra/robustness")}
-SUMMARY_OF = {"train": "run", "bound": "bound", "robustness": "robustness"}
+# What each app leaves in its run dir, all outs: the rich JSON files, Hydra's saved config (.hydra/<app
+# name>/) and the flat summary; .dvcignore hides the rest (lock, logs). The only metrics are the figures'.
+RUN_DIR_OUTS = {"train": ("model.ckpt", "last.ckpt", "metrics.json", ".hydra/run", "summary_run.json"),
+                "bound": ("bounds.json", ".hydra/bound", "summary_bound.json"),
+                "robustness": ("bounds.json", "robustness.json", ".hydra/robustness", "summary_robustness.json")}
 
 
 def _run_dir(stage) -> str:
@@ -298,15 +297,13 @@ def test_stage_graph_outputs_metrics_and_plots(pipeline):
     for stage in stages:
         outs = {str(o.def_path): o for o in stage.outs}
         assert all(o.use_cache for o in outs.values()), stage.name  # every result versioned by DVC
-        app = stage.name.split("_")[0]
+        app = stage.name.split("@")[0].split("_")[0]
         if app in RUN_DIR_OUTS:
             run_dir = _run_dir(stage)
-            assert [p for p, o in outs.items() if o.metric] == [f"{run_dir}/{summary.FILE.format(app=SUMMARY_OF[app])}"]
             exact = ("counterexamples_exact_l2.npz",) if "+experiment=ladder" in stage.cmd else ()  # its exact curve's
-            assert sorted(p for p, o in outs.items() if not o.metric) == sorted(f"{run_dir}/{f}"
-                                                                               for f in RUN_DIR_OUTS[app] + exact)
-        else:
-            assert not any(o.metric for o in outs.values()), stage.name
+            assert sorted(outs) == sorted(f"{run_dir}/{f}" for f in RUN_DIR_OUTS[app] + exact), stage.name
+        metrics = [p for p, o in outs.items() if o.metric]
+        assert metrics == ([f"outputs/metrics/{stage.name.split('@', 1)[1]}.json"] if app == "plot" else []), stage.name
         if app == "bound":
             assert any(str(d.def_path).endswith("/model.ckpt") for d in stage.deps)
         if app == "robustness":
@@ -320,7 +317,7 @@ def test_stage_graph_outputs_metrics_and_plots(pipeline):
     for fig in plots:
         outs = {str(o.def_path): o.plot for o in by_name[f"plot@{fig}"].outs}
         assert outs == {f"{tree}/figures/{fig}.png": True, f"{tree}/figures/{fig}.md": False,
-                        f"{tree}/series/{fig}": False}
+                        f"{tree}/series/{fig}": False, f"outputs/metrics/{fig}.json": False}
     assert {str(d.def_path) for d in by_name["report"].deps} >= {f"{tree}/figures/{f}.md" for f in plots}
     assert [str(o.def_path) for o in by_name["report"].outs] == [f"{tree}/report.md"]
     for stage in [by_name["report"]] + [by_name[f"plot@{fig}"] for fig in plots]:  # they write where they declare
