@@ -36,3 +36,23 @@ def test_the_plot_script_runs_the_plot_app(tmp_path):
     proc = subprocess.run([str(BIN / "mondeq-plot"), "--runs", str(tmp_path / "nowhere")], cwd=tmp_path,
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1 and "error: --runs: no such directory" in proc.stderr
+
+
+@pytest.mark.parametrize("command", ["train", "bound", "robustness", "bench"])
+def test_completion_answers_from_the_configs_without_importing_the_app(tmp_path, command):
+    # a TAB must not wait for torch and the registries (seconds); Hydra completes from conf/ alone
+    code = (f"import sys; sys.argv = ['mondeq-{command}', '-sc', 'query=bash']\n"
+            f"from src import entry; entry.{command}()\n"
+            "print(sorted(m for m in ('torch', 'src.schema', 'src.run', 'src.bound') if m in sys.modules), file=sys.stderr)")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "COMP_LINE": f"mondeq-{command} splitting.an"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stderr.strip().splitlines()[-1] == "[]" and "splitting.anderson=" in proc.stdout.split(), proc.stdout
+
+
+def test_the_commands_compose_the_apps_configs():
+    from src import cli, entry
+
+    assert entry.CONF_DIR == Path(cli.CONF_DIR)  # entry keeps its own copy: importing cli would cost a TAB
+    assert {f"mondeq-{name}" for name in entry.APPS} | {"mondeq-plot"} == set(SCRIPTS)
+    assert all(SCRIPTS[f"mondeq-{name}"] == f"src.entry:{name}" for name in entry.APPS)
