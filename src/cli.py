@@ -78,6 +78,36 @@ def reorder_argv(argv: Sequence[str]) -> list[str]:
     return flags + overrides
 
 
+def check_group_choices(overrides: Sequence[str]) -> None:
+    """Refuse a choice of a config group that conf/ does not hold (`dataset=nope`) in one line, before Hydra
+    composes (its own message lists the options over a dozen lines). Hydra's groups (hydra/...) and what
+    Hydra cannot parse are left to Hydra."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.core.override_parser.types import ValueType
+    from hydra.errors import HydraException
+
+    try:
+        parsed = OverridesParser.create().parse_overrides(list(overrides))
+    except HydraException:
+        return
+    for override in parsed:
+        group = Path(CONF_DIR) / override.key_or_group
+        if override.is_delete() or override.key_or_group.startswith("hydra/") or not group.is_dir():
+            continue
+        if override.value_type in (ValueType.SIMPLE_CHOICE_SWEEP, ValueType.CHOICE_SWEEP):
+            chosen = list(override.sweep_string_iterator())
+        elif override.value_type == ValueType.ELEMENT:
+            value = override.value()
+            chosen = [str(v) for v in value] if isinstance(value, list) else [] if value is None else [str(value)]
+        else:
+            continue  # a range or glob: Hydra expands it
+        options = sorted(p.relative_to(group).with_suffix("").as_posix() for p in group.rglob("*.yaml"))
+        for name in chosen:
+            if "${" not in name and name not in options:
+                raise ConfigError(f"{override.input_line}: conf/{override.key_or_group}/ holds no {name!r}; "
+                                  f"allowed: {', '.join(options)}")
+
+
 def given_keys() -> set[str]:
     """The keys set on this app's command line (what the user typed, not what a config file holds)."""
     from hydra.core.hydra_config import HydraConfig
@@ -108,7 +138,7 @@ def validate(cfg: DictConfig) -> None:
     the logger's environment (WANDB_MODE).
 
     Normalises in place (m a float, a bare value of a list key a list of one). Wrong group
-    values never get here: Hydra rejects them while composing.
+    values never get here: check_group_choices refuses them before Hydra composes.
     """
     from . import loggers, schema
     from .models import build_model  # the one place that knows the fields of each model
@@ -187,6 +217,12 @@ class Checks(Callback):
                     return  # a job Hydra cannot compose: its sweeper refuses the sweep next, with its own message
                 check_job(job)
 
+    def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
+        # submitit makes its executor's folder as named, `%j` and all, before the jobs' own folders
+        folder = OmegaConf.select(config, "hydra.launcher.submitit_folder")
+        if folder and "%j" in folder and Path(folder).is_dir() and not any(Path(folder).iterdir()):
+            Path(folder).rmdir()
+
 
 SAVED_CONFIG = ".hydra"  # <run dir>/.hydra/<app>/: Hydra's record of the app's last run on the dir
 
@@ -247,6 +283,8 @@ def hydra_app(config_name: str) -> Callable[[Callable[[DictConfig], object]], Ca
 
         def entry() -> None:
             sys.argv[1:] = reorder_argv(sys.argv[1:])
+            with one_line_errors():
+                check_group_choices([a for a in sys.argv[1:] if not a.startswith("-") and "=" in a])
             hydra_main()
 
         return entry

@@ -6,6 +6,9 @@ and one file in conf/logger/ naming it as `_target_`.
 """
 from __future__ import annotations
 
+import hashlib
+import json
+import logging
 import os
 import sys
 from collections.abc import Mapping
@@ -14,6 +17,7 @@ from pathlib import Path
 from . import files
 from .errors import ConfigError
 
+log = logging.getLogger(__name__)
 
 def none(run_dir: Path, group: str, run_config: dict):
     return False
@@ -100,6 +104,24 @@ def identity(id_file: Path, name: str, project: str, entity: str | None, group: 
     return ident
 
 
+def already_logged(id_file: Path, job: str, content: str) -> bool:
+    """Whether the wandb run of `id_file` holds `content` of `job` (a training state, a digest of results):
+    a re-run of a finished command then logs nothing, where wandb would add one more segment to the run."""
+    ident = files.read_json(id_file) or {}
+    return (ident.get("logged") or {}).get(job) == content
+
+
+def note_logged(id_file: Path, job: str, content: str) -> None:
+    """Record in `id_file` that its wandb run now holds `content` of `job` (see already_logged)."""
+    ident = files.read_json(id_file)
+    if ident is not None:
+        files.write_json(id_file, {**ident, "logged": {**(ident.get("logged") or {}), job: content}})
+
+
+def digest(*parts) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
+
+
 def run_dir_identity(run_dir: Path, group: str, run_config: dict, project: str, entity: str | None) -> dict:
     """The wandb run of a run dir, shared by every app on it."""
     return identity(run_dir / RUN_FILE, f"{group}/{run_dir.name}", project, entity, group, tags(group, run_config))
@@ -164,10 +186,12 @@ def results(logger_cfg: dict, run_dir: Path, group: str, run_config: dict, job: 
     """The run that `job` (bound, robustness, plot) logs its results into; None for a file-only logger or
     WANDB_MODE=disabled."""
     settings = dict(logger_cfg)
-    factory = RESULTS.get(settings.pop("_target_", None))
-    if factory is None or os.environ.get("WANDB_MODE") == "disabled":
-        return None
-    return factory(run_dir, group, run_config, job, **settings)
+    factory = _results_factory(settings.pop("_target_", None))
+    return None if factory is None else factory(run_dir, group, run_config, job, **settings)
+
+
+def _results_factory(target: str | None):
+    return None if os.environ.get("WANDB_MODE") == "disabled" else RESULTS.get(target)
 
 
 def close(logger) -> None:
@@ -184,12 +208,18 @@ def report(cfg, run_dir: Path, job: str, flat: dict[str, float], tables: list[tu
 
     group = HydraConfig.get().runtime.choices.get("experiment") or "default"
     plain = OmegaConf.to_container(cfg, resolve=True)
-    out = results(plain["logger"], run_dir, group, plain, job)
-    if out is None:
+    if _results_factory(plain["logger"].get("_target_")) is None:
         return
+    # the same results again (only their seconds differ): the run has them
+    content = digest({k: v for k, v in flat.items() if not k.startswith("seconds/")}, tables)
+    if already_logged(run_dir / RUN_FILE, job, content):
+        log.info(f"wandb: the run already holds these {job} results; not logged again")
+        return
+    out = results(plain["logger"], run_dir, group, plain, job)
     try:
         out.summary(job, flat)
         for key, columns, rows in tables:
             out.table(key, columns, rows)
     finally:
         out.close()
+    note_logged(run_dir / RUN_FILE, job, content)

@@ -39,6 +39,7 @@ value since removed are ignored, and so are run dirs outside the pipeline's fami
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
 import sys
 from pathlib import Path
@@ -130,14 +131,19 @@ def log_figures(drawn, out: Path, preset: str | None = None) -> None:
                       "dataset": sorted({r.dataset for r in res.runs})}
         tags = [res.name, "figure", *([f"preset:{preset}"] if preset else []),
                 *(f"profile:{p}" for p in drawn_from["profile"]), *(f"dataset:{d}" for d in drawn_from["dataset"])]
-        ident = loggers.identity(out / "figures" / f"{res.name}.{loggers.RUN_FILE}", f"{res.name}/figure",
-                                 project["project"], project["entity"], res.name, tags)
-        run = loggers.open_run(ident, out, "plot", {"figure": res.name, **drawn_from,
-                                                    "runs": sorted(str(r.path) for r in res.runs)})
+        id_file = out / "figures" / f"{res.name}.{loggers.RUN_FILE}"
+        ident = loggers.identity(id_file, f"{res.name}/figure", project["project"], project["entity"], res.name, tags)
+        config = {"figure": res.name, **drawn_from, "runs": sorted(str(r.path) for r in res.runs)}
+        image = out / "figures" / f"{res.name}.png"
+        content = loggers.digest(config, tags, hashlib.sha256(image.read_bytes()).hexdigest())
+        if loggers.already_logged(id_file, "plot", content):
+            continue  # the same figure of the same runs: its wandb run has it
+        run = loggers.open_run(ident, out, "plot", config)
         try:
-            run.images({res.name: out / "figures" / f"{res.name}.png"})
+            run.images({res.name: image})
         finally:
             run.close()
+        loggers.note_logged(id_file, "plot", content)
 
 
 def entry() -> None:

@@ -69,6 +69,25 @@ def _holds(path: Path, lit, global_step: int) -> bool:
             and all(torch.equal(weights[k], v.cpu()) for k, v in now.items()))
 
 
+def finished_step(resume: str | None, trainer: Mapping) -> int | None:
+    """The global step of the checkpoint `resume` if its training is over under `trainer` (the loop's
+    max_epochs and max_steps, as Lightning's fit loop tests them, or MarginStop reached): fit then trains
+    nothing. None when there is none or it would train on (a larger trainer.max_epochs extends a run)."""
+    if resume is None:
+        return None
+    import torch
+    from lightning.pytorch.callbacks.early_stopping import EarlyStoppingReason
+
+    saved = torch.load(resume, map_location="cpu", weights_only=True, mmap=True)
+    epochs = saved["loops"]["fit_loop"]["epoch_progress"]["current"]["processed"]
+    max_epochs, max_steps = trainer.get("max_epochs"), trainer.get("max_steps", -1)
+    margin_reached = any(name.startswith("MarginStop") and state.get("stopping_reason")
+                         == EarlyStoppingReason.STOPPING_THRESHOLD.value for name, state in saved["callbacks"].items())
+    over = ((max_epochs is not None and max_epochs >= 0 and epochs >= max_epochs)
+            or (max_steps is not None and max_steps >= 0 and saved["global_step"] >= max_steps) or margin_reached)
+    return int(saved["global_step"]) if over else None
+
+
 def _settings(hparams: Mapping) -> dict:
     """What of a run's recorded settings changes its result (src/schema.py's declarations)."""
     return schema.values(dict(hparams), schema.RUN)
@@ -149,8 +168,14 @@ def _train(cfg: DictConfig, run_dir: Path, group: str) -> dict:
     subset = training_subset(len(loaders.train.dataset), protocol.get("n_train"), cfg.seed)
     if subset is not None:
         loaders = _restrict(loaders, subset)
-    logger = instantiate(cfg.logger, run_dir=run_dir, group=group, run_config=plain,
-                         _convert_="all", _recursive_=False)  # run_config holds _target_ keys: data here
+    done = finished_step(resume, cfg.trainer)
+    trained = None if done is None else f"global_step={done}"
+    if trained is not None and loggers.already_logged(run_dir / loggers.RUN_FILE, "train", trained):
+        log.info(f"training finished at step {done}, and its wandb run holds it: re-evaluated, not logged again")
+        logger = False
+    else:
+        logger = instantiate(cfg.logger, run_dir=run_dir, group=group, run_config=plain,
+                             _convert_="all", _recursive_=False)  # run_config holds _target_ keys: data here
     try:
         callbacks = [instantiate(spec, **({"dirpath": str(run_dir)} if spec.get("dirpath", 0) is None else {}))
                      for spec in cfg.callbacks.values()]
@@ -163,6 +188,9 @@ def _train(cfg: DictConfig, run_dir: Path, group: str) -> dict:
                             callbacks=callbacks, plugins=[AtomicCheckpointIO()])
         # weights_only: our checkpoints hold only tensors and plain values, so torch's safe loader reads them
         trainer.fit(lit, loaders.train, loaders.test, ckpt_path=resume, weights_only=True)
+        if done is not None and trainer.global_step != done:
+            raise RuntimeError(f"{resume}: finished_step said training was over at step {done}, and Lightning "
+                               f"trained on to step {trainer.global_step}")
         final = run_dir / "model.ckpt"
         if not trainer.strategy.broadcast(_holds(final, lit, trainer.global_step)):
             # a full checkpoint (optimizer and loop states too), like last.ckpt
@@ -187,6 +215,8 @@ def _train(cfg: DictConfig, run_dir: Path, group: str) -> dict:
         if logger:
             logger.log_metrics({f"final/{k}": v for k, v in metrics.items() if isinstance(v, float)})
             logger.save()  # the trainer has already flushed its own logs
+            if type(logger).__name__ == "WandbLogger":
+                loggers.note_logged(run_dir / loggers.RUN_FILE, "train", f"global_step={trainer.global_step}")
     finally:
         loggers.close(logger)
     if trainer.is_global_zero:

@@ -87,6 +87,8 @@ CASES = [
     ("run", ["dataset=mnist", "dataset.root={tmp}/mnist", "dataset.download=false"],
      "train-images-idx3-ubyte: 2268 bytes, but its header declares 3 x 28 x 28 items (2368 bytes): truncated"),
     ("run", ["ckpt={tmp}/notes.ckpt"], "notes.ckpt is not a PyTorch checkpoint"),
+    ("robustness", ["-m", "dataset=mnist5k,nope"],
+     "dataset=mnist5k,nope: conf/dataset/ holds no 'nope'; allowed: cifar10, fashion_mnist, mnist, mnist5k, synthetic"),
     ("run", ["-m", "trainer=ddp", "m=1,2"], "trainer.devices=2 with -m and hydra/launcher=basic"),
     ("run", ["dataset=cifar10", "dataset.root={tmp}/cifar", "dataset.download=false"],
      "cifar-10-batches-py are present but unreadable"),

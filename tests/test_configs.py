@@ -91,6 +91,23 @@ def test_launchers_compose_and_instantiate(compose, launcher):
     get_class(cfg.hydra.launcher._target_)  # the plugin is installed
 
 
+def test_a_submitit_sweep_leaves_no_literal_job_id_folder(compose, tmp_path):
+    """submitit makes `<sweep dir>/.submitit/%j` itself; the sweep's end removes it while empty."""
+    from src.cli import Checks
+
+    cfg = compose(["hydra/launcher=submitit_local", f"hydra.sweep.dir={tmp_path}"], hydra=True)
+    literal = Path(cfg.hydra.launcher.submitit_folder)
+    assert literal == tmp_path / ".submitit" / "%j"
+    literal.mkdir(parents=True)
+    (tmp_path / ".submitit" / "1234").mkdir()  # a job's own folder stays
+    Checks().on_multirun_end(cfg)
+    assert sorted(p.name for p in (tmp_path / ".submitit").iterdir()) == ["1234"]
+    literal.mkdir()
+    (literal / "kept").write_text("")  # not empty: not ours to remove
+    Checks().on_multirun_end(cfg)
+    assert (literal / "kept").is_file()
+
+
 def test_submitit_slurm_fields_validate_without_slurm(compose, tmp_path, monkeypatch):
     """The Slurm fields a cluster user sets pass submitit's own checks; a misspelt one does not."""
     import submitit

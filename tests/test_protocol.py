@@ -12,7 +12,7 @@ from src.cli import validate
 from src.errors import ConfigError
 from src.lit import LitClassifier
 from src.data import training_subset
-from src.run import train
+from src.run import finished_step, train
 
 # A task on which the training margin error (at margin 1) falls over a few epochs of two batches.
 MARGIN = ["protocol=margin", "protocol.n_train=200", "margin_gamma=1", "optim.lr=1e-2", "logger=csv",
@@ -60,7 +60,10 @@ def test_margin_protocol_stops_at_the_first_epoch_below_the_threshold(compose, t
     assert stopped["protocol"] == "margin" and stopped["margin_threshold"] == threshold
     assert stopped["n_train"] == 200
     assert all(0 <= stopped[key] <= 1 for key in ("train_error", "test_error", "margin_error"))
-    # 3. The same command again resumes a stopped run: nothing more is trained.
+    # 3. The same command again resumes a stopped run: nothing more is trained (and finished_step knows it).
+    last = str(tmp_path / "stop" / "last.ckpt")
+    assert finished_step(last, {"max_epochs": 6}) == torch.load(last, weights_only=True)["global_step"]
+    assert finished_step(str(tmp_path / "free" / "last.ckpt"), {"max_epochs": 7}) is None
     again = train_in(compose, tmp_path / "stop", *tiny, *MARGIN, "trainer.log_every_n_steps=1",
                      f"protocol.threshold={threshold!r}")
     assert logged(tmp_path / "stop")["version_1"]["trained"] == []

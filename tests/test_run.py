@@ -13,7 +13,7 @@ from src import provenance
 from src.cli import validate
 from src.errors import ConfigError
 from src.lit import LitClassifier
-from src.run import train
+from src.run import finished_step, train
 
 METRIC_KEYS = {"test_error", "train_error", "margin_error", "epochs", "seconds", "fwd_iters", "bwd_iters",
                "m", "model", "dataset", "profile"}
@@ -104,8 +104,30 @@ def test_a_run_refused_inside_its_job_leaves_no_run_dir(run_app, tmp_path):
     assert "dataset=mnist5k profile=smoke" in proc.stderr and not run_dir.exists()
 
 
+@pytest.mark.parametrize("overrides,needle", [
+    (["model=nope"], "model=nope: conf/model/ holds no 'nope'; allowed: cnn, dnn, mon_conv, mon_fc, mon_multiconv"),
+    (["+experiment=fig1b", "dataset=mnist5k,fashion_mnist,nope"], "holds no 'nope'"),  # a sweep's every value
+    (["dataset=choice(mnist5k,nope)"], "holds no 'nope'"),
+    (["callbacks=[default,nope]"], "conf/callbacks/ holds no 'nope'"),
+])
+def test_an_unknown_group_choice_is_refused_in_one_line_before_hydra(overrides, needle):
+    from src.cli import check_group_choices
+
+    with pytest.raises(ConfigError, match=re.escape(needle)):
+        check_group_choices(overrides)
+
+
+@pytest.mark.parametrize("overrides", [["model=dnn", "-m", "dataset=mnist5k,synthetic"], ["dataset=${x}"],
+                                       ["dataset=null"], ["~dataset"], ["hydra/launcher=joblib"], ["model.width=3"],
+                                       ["m=range(1,3)"], ["callbacks=default"]])
+def test_group_choices_that_exist_or_are_hydras_pass(overrides):
+    from src.cli import check_group_choices
+
+    check_group_choices([o for o in overrides if o != "-m"])
+
+
 @pytest.mark.parametrize("override,needle", [
-    ("model=nope", "model/nope"),          # Hydra lists the options of the group
+    ("model=nope", "model/nope"),          # Hydra's own refusal, when composing in-process
     ("modle.width=3", "modle"),            # unknown key (struct mode)
     ("model.widht=3", "widht"),
 ])
@@ -145,6 +167,16 @@ def test_resume_after_interruption_continues_where_it_stopped(compose, tmp_path,
     a = torch.load(tmp_path / "straight" / "model.ckpt", weights_only=True)["state_dict"]
     b = torch.load(tmp_path / "resumed" / "model.ckpt", weights_only=True)["state_dict"]
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_finished_training_is_told_from_one_that_trains_on(compose, tmp_path, tiny):
+    """finished_step decides whether a re-run logs again: over at max_epochs, not when a run is extended."""
+    train_in(compose, tmp_path, *tiny, "logger=none", "trainer.max_epochs=1")
+    last = str(tmp_path / "last.ckpt")
+    step = torch.load(last, weights_only=True)["global_step"]
+    assert step > 0 and finished_step(last, {"max_epochs": 1}) == step
+    assert finished_step(last, {"max_epochs": 2}) is None and finished_step(None, {"max_epochs": 1}) is None
+    assert finished_step(last, {"max_epochs": 2, "max_steps": step}) == step
 
 
 def test_a_run_dir_of_other_settings_is_not_resumed(compose, tmp_path, tiny):
