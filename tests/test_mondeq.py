@@ -170,6 +170,18 @@ def test_conv_fft_resolvent_equals_dense_inverse(alpha):
     assert torch.allclose(R.apply_transpose(z), z @ dense_inv, rtol=1e-10, atol=1e-12)
 
 
+def test_the_stored_adjoint_spectrum_gives_the_same_numbers_as_the_strided_view():
+    """SpectralResolvent stores the conjugate transposes (for speed): bit for bit what the product with
+    the lazily conjugated `.mH` view gives, in float32 as the solves run."""
+    from src.mondeq.spectral import apply_spectrum
+
+    op = conv_op(seed=3).float()
+    R = op.resolvent(1.0)
+    z = torch.randn(5, op.state_size)
+    assert R.inverse.mH.is_conj() and not R.adjoint.is_conj()
+    assert torch.equal(R.apply_transpose(z), apply_spectrum(R.inverse.mH, z.view(-1, *op.shape)).flatten(1))
+
+
 def test_conv_matches_direct_convolution_formula():
     """W z against F.conv2d on a circularly padded image, written out independently."""
     import torch.nn.functional as F
