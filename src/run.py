@@ -79,13 +79,18 @@ def finished_step(resume: str | None, trainer: Mapping) -> int | None:
     from lightning.pytorch.callbacks.early_stopping import EarlyStoppingReason
 
     saved = torch.load(resume, map_location="cpu", weights_only=True, mmap=True)
-    epochs = saved["loops"]["fit_loop"]["epoch_progress"]["current"]["processed"]
+    loop = (saved.get("loops") or {}).get("fit_loop") or {}
+    epochs = ((loop.get("epoch_progress") or {}).get("current") or {}).get("processed")
+    step = saved.get("global_step")
+    if epochs is None or step is None:
+        return None  # not a checkpoint of Lightning's fit loop: it cannot tell, so the run is logged
     max_epochs, max_steps = trainer.get("max_epochs"), trainer.get("max_steps", -1)
-    margin_reached = any(name.startswith("MarginStop") and state.get("stopping_reason")
-                         == EarlyStoppingReason.STOPPING_THRESHOLD.value for name, state in saved["callbacks"].items())
+    margin_reached = any(name.startswith("MarginStop") and isinstance(state, Mapping) and state.get("stopping_reason")
+                         == EarlyStoppingReason.STOPPING_THRESHOLD.value
+                         for name, state in (saved.get("callbacks") or {}).items())
     over = ((max_epochs is not None and max_epochs >= 0 and epochs >= max_epochs)
-            or (max_steps is not None and max_steps >= 0 and saved["global_step"] >= max_steps) or margin_reached)
-    return int(saved["global_step"]) if over else None
+            or (max_steps is not None and max_steps >= 0 and step >= max_steps) or margin_reached)
+    return int(step) if over else None
 
 
 def _settings(hparams: Mapping) -> dict:
@@ -170,7 +175,8 @@ def _train(cfg: DictConfig, run_dir: Path, group: str) -> dict:
         loaders = _restrict(loaders, subset)
     done = finished_step(resume, cfg.trainer)
     trained = None if done is None else f"global_step={done}"
-    if trained is not None and loggers.already_logged(run_dir / loggers.RUN_FILE, "train", trained):
+    if (trained is not None and cfg.logger.get("_target_") == loggers.WANDB_TARGET
+            and loggers.already_logged(run_dir / loggers.RUN_FILE, "train", trained)):
         log.info(f"training finished at step {done}, and its wandb run holds it: re-evaluated, not logged again")
         logger = False
     else:

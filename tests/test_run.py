@@ -177,6 +177,9 @@ def test_a_finished_training_is_told_from_one_that_trains_on(compose, tmp_path, 
     assert step > 0 and finished_step(last, {"max_epochs": 1}) == step
     assert finished_step(last, {"max_epochs": 2}) is None and finished_step(None, {"max_epochs": 1}) is None
     assert finished_step(last, {"max_epochs": 2, "max_steps": step}) == step
+    bare = tmp_path / "bare.ckpt"  # hyperparameters but no loop state: it cannot tell, so not finished
+    torch.save({"hyper_parameters": {}, "state_dict": {}}, bare)
+    assert finished_step(str(bare), {"max_epochs": 1}) is None
 
 
 def test_a_run_dir_of_other_settings_is_not_resumed(compose, tmp_path, tiny):
