@@ -19,6 +19,7 @@ from .errors import ConfigError
 
 log = logging.getLogger(__name__)
 
+
 def none(run_dir: Path, group: str, run_config: dict):
     return False
 
@@ -116,6 +117,18 @@ def note_logged(id_file: Path, job: str, content: str) -> None:
     ident = files.read_json(id_file)
     if ident is not None:
         files.write_json(id_file, {**ident, "logged": {**(ident.get("logged") or {}), job: content}})
+
+
+def holds_training(logger_cfg: Mapping, run_dir: Path, step: int | None) -> bool:
+    """Whether the run dir's wandb run holds the training that ended at `step` (finished: None otherwise)."""
+    return (step is not None and logger_cfg.get("_target_") == WANDB_TARGET
+            and already_logged(run_dir / RUN_FILE, "train", f"global_step={step}"))
+
+
+def note_training(logger_cfg: Mapping, run_dir: Path, step: int) -> None:
+    """Record that the run dir's wandb run holds the training up to `step` (see holds_training)."""
+    if logger_cfg.get("_target_") == WANDB_TARGET:
+        note_logged(run_dir / RUN_FILE, "train", f"global_step={step}")
 
 
 def digest(*parts) -> str:

@@ -174,9 +174,7 @@ def _train(cfg: DictConfig, run_dir: Path, group: str) -> dict:
     if subset is not None:
         loaders = _restrict(loaders, subset)
     done = finished_step(resume, cfg.trainer)
-    trained = None if done is None else f"global_step={done}"
-    if (trained is not None and cfg.logger.get("_target_") == loggers.WANDB_TARGET
-            and loggers.already_logged(run_dir / loggers.RUN_FILE, "train", trained)):
+    if loggers.holds_training(cfg.logger, run_dir, done):
         log.info(f"training finished at step {done}, and its wandb run holds it: re-evaluated, not logged again")
         logger = False
     else:
@@ -221,8 +219,7 @@ def _train(cfg: DictConfig, run_dir: Path, group: str) -> dict:
         if logger:
             logger.log_metrics({f"final/{k}": v for k, v in metrics.items() if isinstance(v, float)})
             logger.save()  # the trainer has already flushed its own logs
-            if type(logger).__name__ == "WandbLogger":
-                loggers.note_logged(run_dir / loggers.RUN_FILE, "train", f"global_step={trainer.global_step}")
+            loggers.note_training(cfg.logger, run_dir, trainer.global_step)
     finally:
         loggers.close(logger)
     if trainer.is_global_zero:
