@@ -9,21 +9,22 @@ from .operator import MonotoneOperator, Resolvent
 
 class DenseResolvent(Resolvent):
     def __init__(self, inverse: torch.Tensor):
-        self.inverse = inverse
+        self.inverse, self.inverse_t = inverse, inverse.T
         # 2R - I, so that a Peaceman-Rachford step is one addmm
         self.reflection = 2 * inverse - torch.eye(inverse.shape[0], dtype=inverse.dtype, device=inverse.device)
+        self.reflection_t = self.reflection.T  # a view, taken once: a solve's iterations take none
 
     def apply(self, z: torch.Tensor) -> torch.Tensor:
-        return z @ self.inverse.T
+        return torch.mm(z, self.inverse_t)
 
     def apply_transpose(self, z: torch.Tensor) -> torch.Tensor:
-        return z @ self.inverse
+        return torch.mm(z, self.inverse)
 
     def reflect(self, w: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
-        return torch.addmm(shift, w, self.reflection.T)
+        return torch.addmm(shift, w, self.reflection_t)
 
     def reflect_transpose(self, w: torch.Tensor) -> torch.Tensor:
-        return w @ self.reflection
+        return torch.mm(w, self.reflection)
 
 
 class FullyConnectedOperator(MonotoneOperator):

@@ -8,18 +8,19 @@ A method (a `SplittingMethod`, registered by name in SPLITTING_METHODS) turns a
 problem into a `FixedPointMap` x -> T(x) on its iterated variable; every method
 has the same three functions with the same signatures.  `solve` iterates a map
 (plainly, or with Anderson acceleration) without touching the host, and
-synchronises only every `check_every` iterations, when the map also returns the
-point it evaluated and that point's relative equilibrium residual.  The residual
-comes from quantities the step computes anyway (PR: W x follows from the
-resolvent's own equation), so a check costs elementwise work only, never an
-extra product with W.  A solve returns a `SolveStats` record, per sample as
-well as for the batch.
+synchronises only every `check_every` iterations, when the map also returns each
+sample's equilibrium residual norm at the point it evaluated (the point itself is
+formed once, for the last check).  The residual comes from quantities the step
+computes anyway (PR: W x follows from the resolvent's own equation), so a check
+costs a few elementwise ops and one norm pass, never an extra product with W: on
+small states (FC) the count of ops, not their arithmetic, is the cost.  A solve
+returns a `SolveStats` record, per sample as well as for the batch.
 """
 from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Optional
 
 import torch
@@ -36,8 +37,8 @@ _EPS = 1e-6
 class SolveStats:
     """One solve: iterations run, relative equilibrium residual of the returned point (the batch's: what
     stops the solve), wall time; and per sample: how many, how many reached the tolerance, the worst,
-    and as tensors on the solve's device, each sample's residual at the returned point and the
-    iterations after which its checked residual first reached the tolerance (-1: never)."""
+    and as a tensor on the solve's device each sample's residual at the returned point; `sample_iters`
+    gives the iterations after which each sample's checked residual first reached the tolerance."""
 
     iters: int = 0
     residual: float = math.nan
@@ -47,7 +48,19 @@ class SolveStats:
     converged_samples: int = 0
     worst_sample_residual: float = math.nan
     sample_residuals: Optional[torch.Tensor] = None
-    sample_iters: Optional[torch.Tensor] = None
+    tol: float = math.nan
+    eps: float = _EPS
+    checks: list = field(default_factory=list)  # per check: (iterations, norms as FixedPointMap's step gives)
+
+    @property
+    def sample_iters(self) -> torch.Tensor:
+        """Per sample, the iterations after which its checked residual first reached tol; -1: never
+        (worked out when asked: a solve's own work is only its checks)."""
+        iters, norms = zip(*self.checks)
+        norms = torch.stack(norms)
+        reached = norms[:, 0] / (self.eps + norms[:, 1]) <= self.tol
+        first = torch.tensor(iters, device=reached.device)[reached.to(torch.uint8).argmax(0)]
+        return torch.where(reached.any(0), first, -1)
 
 
 class SplittingMethod:
@@ -156,21 +169,30 @@ class ConvergenceTally:
                 "worst_residual": self.worst_residual if self.samples else None}
 
 
-Checked = Optional[tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]]
+Checked = Optional[tuple[torch.Tensor, Callable[[], torch.Tensor]]]
 
 
 @dataclass
 class FixedPointMap:
-    """x -> T(x) from `start`; step(x, check) returns T(x) and, when `check`, (point, its residuals: the
-    batch's and each sample's, `_relative`)."""
+    """x -> T(x) from `start`; step(x, check) returns T(x) and, when `check`, (norms, point): norms[0]
+    the samples' residual norms at the checked point and norms[1] their reference norms, relative as
+    norms[0] / (eps + norms[1]) (`Residual`), and `point()` the checked point (called once, after the
+    solve's last check: a check computes no point it may not return)."""
 
     start: torch.Tensor
     step: Callable[[torch.Tensor, bool], tuple[torch.Tensor, Checked]]
+    eps: float = _EPS
 
 
-def _relative(diff: torch.Tensor, ref: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The relative residual of the batch (what stops a solve) and of each sample (elementwise work)."""
-    return diff.norm() / (_EPS + ref.norm()), diff.norm(dim=1) / (_EPS + ref.norm(dim=1))
+class Residual:
+    """A map's check buffer: `diff` and `ref` written in place, then one norm pass gives both per sample."""
+
+    def __init__(self, like: torch.Tensor):
+        self.buffer = like.new_empty((2,) + like.shape)
+        self.diff, self.ref = self.buffer
+
+    def norms(self) -> torch.Tensor:
+        return torch.linalg.vector_norm(self.buffer, dim=2)
 
 
 class Anderson:
@@ -216,31 +238,30 @@ class Anderson:
 def solve(fp: FixedPointMap, tol: float, max_iter: int, check_every: int, anderson: int,
           on_nonfinite: Callable[[int], None]) -> tuple[torch.Tensor, SolveStats]:
     """Iterate `fp` until the checked residual is <= tol (or max_iter); returns the checked point."""
-    stats = SolveStats()
+    stats = SolveStats(tol=tol, eps=fp.eps)
     start = time.perf_counter()
     step = Anderson(fp.step, anderson, fp.start) if anderson else fp.step
     x = fp.start
-    point = x
-    reached = torch.full((len(x),), -1, dtype=torch.long, device=x.device)
     while stats.iters < max_iter:
         n = min(check_every, max_iter - stats.iters)
         for _ in range(n - 1):
             x, _ = step(x, False)
-        x, (point, (residual, per_sample)) = step(x, True)
+        x, (norms, point) = step(x, True)
         stats.iters += n
-        reached = torch.where((reached < 0) & (per_sample <= tol), stats.iters, reached)
-        stats.residual = residual.item()  # the check's one host sync
+        stats.checks.append((stats.iters, norms))
+        diff, ref = torch.linalg.vector_norm(norms, dim=1).tolist()  # the check's one host sync
+        stats.residual = diff / (fp.eps + ref)
         if not math.isfinite(stats.residual):
             on_nonfinite(stats.iters)
         if stats.residual <= tol:
             stats.converged = True
             break
+    relative = stats.sample_residuals = norms[0] / (fp.eps + norms[1])
     # one more host sync per solve for the per-sample count
-    count, worst = torch.stack([(per_sample <= tol).sum().to(per_sample.dtype), per_sample.max()]).tolist()
-    stats.samples, stats.converged_samples, stats.worst_sample_residual = len(per_sample), int(count), worst
-    stats.sample_residuals, stats.sample_iters = per_sample, reached
+    count, worst = torch.stack([(relative <= tol).sum().to(relative.dtype), relative.max()]).tolist()
+    stats.samples, stats.converged_samples, stats.worst_sample_residual = len(relative), int(count), worst
     stats.seconds = time.perf_counter() - start
-    return point, stats
+    return point(), stats
 
 
 @register
@@ -259,19 +280,31 @@ class ForwardBackward(SplittingMethod):
 
     @staticmethod
     def forward_map(op, prox, bias, alpha, resolvent):
+        residual = Residual(bias)
+
         def step(z, check):
             pre = op.multiply(z) + bias
             z_next = prox((1 - alpha) * z + alpha * pre)
-            return z_next, (z, _relative(z - prox(pre), z)) if check else None
+            if not check:
+                return z_next, None
+            torch.sub(z, prox(pre), out=residual.diff)
+            residual.ref.copy_(z)
+            return z_next, (residual.norms(), lambda: z)
 
         return FixedPointMap(torch.zeros_like(bias), step)
 
     @staticmethod
     def adjoint_map(op, g, d, alpha, resolvent):
+        residual = Residual(g)
+
         def step(u, check):
             pre = op.multiply_transpose(u) + g
             u_next = d * ((1 - alpha) * u + alpha * pre)
-            return u_next, (u, _relative(u - d * pre, u)) if check else None
+            if not check:
+                return u_next, None
+            torch.sub(u, d * pre, out=residual.diff)
+            residual.ref.copy_(u)
+            return u_next, (residual.norms(), lambda: u)
 
         return FixedPointMap(torch.zeros_like(g), step)
 
@@ -296,30 +329,47 @@ class PeacemanRachford(SplittingMethod):
     @staticmethod
     def forward_map(op, prox, bias, alpha, resolvent):
         shift = 2 * resolvent.apply(alpha * bias)
+        halfway, residual = _Halfway(alpha), Residual(bias)
 
         def step(u, check):
             w = prox.reflect(u)
             u_next = resolvent.reflect(w, shift)
             if not check:
                 return u_next, None
-            x = (u_next + w) / 2
-            return u_next, (x, _relative(x - prox(x + (x - w) / alpha), x))
+            # 2x and twice the residual x - prox(W x + b): doubling is exact, so is the relative residual
+            twice = torch.add(u_next, w, out=residual.ref)
+            torch.sub(twice, prox(halfway(u_next, w)), alpha=2, out=residual.diff)
+            return u_next, (residual.norms(), lambda: twice / 2)
 
-        return FixedPointMap(torch.zeros_like(bias), step)
+        return FixedPointMap(torch.zeros_like(bias), step, eps=2 * _EPS)
 
     @staticmethod
     def adjoint_map(op, g, d, alpha, resolvent):
-        # u = d (v + alpha g); the reflection 2u - v is sign * v + 2 alpha d g with sign = 2d - 1;
-        # x = R^T y for y = 2u - v satisfies W^T x = x + (x - y) / alpha
-        sign, shift = 2 * d - 1, 2 * alpha * d * g
+        # u = d (v + alpha g); the reflection 2u - v is sign * v + 2 alpha d g with sign = 2d - 1
+        sign, shift, dg = 2 * d - 1, 2 * alpha * d * g, d * g
+        halfway, residual = _Halfway(alpha), Residual(g)
 
         def step(v, check):
             y = torch.addcmul(shift, sign, v)
             v_next = resolvent.reflect_transpose(y)
             if not check:
                 return v_next, None
-            x = (v_next + y) / 2
-            return v_next, (x, _relative(x - d * (x + (x - y) / alpha + g), x))
+            # x = R^T y: 2x and twice the residual x - d (W^T x + g), as in the forward map
+            twice = torch.add(v_next, y, out=residual.ref)
+            torch.sub(twice, torch.addcmul(dg, d, halfway(v_next, y)), alpha=2, out=residual.diff)
+            return v_next, (residual.norms(), lambda: twice / 2)
 
-        return FixedPointMap(torch.zeros_like(g), step)
+        return FixedPointMap(torch.zeros_like(g), step, eps=2 * _EPS)
 
+
+class _Halfway:
+    """W x (+ b) at the resolvent point x = (r + w) / 2 of a Peaceman-Rachford step r = (2R - I) w (+ shift):
+    from x = R(w + alpha b), W x + b = x + (x - w) / alpha = c (r + e w) with c = (alpha + 1) / (2 alpha),
+    e = (alpha - 1) / (alpha + 1); r itself for alpha = 1, no product with W."""
+
+    def __init__(self, alpha: float):
+        self.unit = alpha == 1
+        self.c, self.e = (alpha + 1) / (2 * alpha), (alpha - 1) / (alpha + 1)
+
+    def __call__(self, r: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        return r if self.unit else torch.add(r, w, alpha=self.e).mul_(self.c)
