@@ -27,9 +27,8 @@ import pytest
 import torch
 import yaml
 from omegaconf import OmegaConf
-from test_layout import imports_of
 
-from src import plot, preset
+from src import plot, preset, sources
 from src.cli import CONF_DIR, validate
 from src.figures import series
 from src.models import build_model
@@ -204,6 +203,9 @@ def _check_commands(stages, params):
             calls = list(_app_calls(stage.cmd))
             assert len(calls) == 1, stage.name
             app, argv = calls[0]
+            if app == "sources":  # the code stage (tests/test_sources.py)
+                assert argv == ["--out", "outputs/sources", *sources.APPS], stage.name
+                continue
             if app == "plot":
                 args = plot.make_parser().parse_args(argv)
                 assert args.assemble or args.figure, stage.name
@@ -234,32 +236,21 @@ def test_every_stage_command_is_a_valid_app_invocation(pipeline):
         assert "  " not in stage.cmd and stage.cmd == stage.cmd.strip(), stage.name
     _check_commands(_one_per_group(stages), _params(name))
     apps = {app for s in stages for app, _ in _app_calls(s.cmd)}
-    assert apps == {"run", "bound", "robustness", "plot"}
-
-
-def _sources(app: str) -> set[str]:
-    """The files of the src modules `python -m <app>` imports, directly or not (lazy imports too)."""
-    found, seen, todo = set(), set(), [app]
-    while todo:
-        name = todo.pop()
-        base = ROOT / name.replace(".", "/")
-        path = next((p for p in (base.with_suffix(".py"), base / "__init__.py") if p.is_file()), None)
-        if path is None or name in seen:  # a name imported from a module, not a module
-            continue
-        seen.add(name)
-        found.add(path.relative_to(ROOT).as_posix())
-        todo += imports_of(path)
-    return found - {"src/__init__.py"}  # the package's docstring
+    assert apps == {"sources", "run", "bound", "robustness", "plot"}
 
 
 def test_every_stage_depends_on_the_code_its_app_runs(pipeline):
+    """Through its app's file of src.sources (which lists every module the app imports: tests/test_sources.py),
+    written by the one stage that depends on src/ and conf/ themselves."""
     _, stages = pipeline
+    code = [s for s in stages if s.name == "sources"]
+    assert len(code) == 1 and sorted(str(d.def_path) for d in code[0].deps) == ["conf", "src"]
+    assert sorted(str(o.def_path) for o in code[0].outs) == sorted(f"outputs/sources/{a}.json" for a in sources.APPS)
     for stage in _one_per_group(stages):  # so a change of that code re-runs the stage
         deps = [str(d.def_path) for d in stage.deps]
         for app, _ in _app_calls(stage.cmd):
-            missing = sorted(f for f in _sources(f"src.{app}") if not any(f == d or f.startswith(d + "/") for d in deps))
-            assert not missing, (stage.name, missing)
-    assert {"src/summary.py", "src/figures/series.py", "src/loggers.py"} <= _sources("src.plot")
+            if app != "sources":
+                assert f"outputs/sources/{app}.json" in deps, stage.name
 
 
 @pytest.mark.slow

@@ -16,8 +16,7 @@ import torch
 from omegaconf import DictConfig
 
 from ..models import name_of
-from . import diag_sdp, feedforward, lower, theorem1 as theorem1_bounds, unrolled as unrolled_bounds
-from .lipsdp import lipsdp
+from . import feedforward, lower, theorem1 as theorem1_bounds, unrolled as unrolled_bounds
 from .registry import METHODS, select_methods
 
 log = logging.getLogger(__name__)
@@ -52,11 +51,14 @@ def theorem1_pooled(ctx: Context) -> dict:
     return theorem1_bounds.theorem1_pooled(ctx.model)
 
 
+# The SDP methods import cvxpy (a second and more) when they run: the other methods' jobs go without it.
 def sdp_diag(ctx: Context) -> dict:
+    from . import diag_sdp
     return diag_sdp.sdp_diag(ctx.model)
 
 
 def sdp_pairwise(ctx: Context) -> dict:
+    from . import diag_sdp
     return diag_sdp.sdp_pairwise(ctx.model)
 
 
@@ -76,10 +78,12 @@ def seqlip_greedy(ctx: Context) -> dict:
 
 
 def lipsdp_neuron(ctx: Context) -> dict:
+    from .lipsdp import lipsdp
     return lipsdp(ctx.model, "neuron")
 
 
 def lipsdp_layer(ctx: Context) -> dict:
+    from .lipsdp import lipsdp
     return lipsdp(ctx.model, "layer")
 
 
