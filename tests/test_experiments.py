@@ -253,6 +253,17 @@ def test_every_stage_depends_on_the_code_its_app_runs(pipeline):
                 assert f"outputs/sources/{app}.json" in deps, stage.name
 
 
+def test_the_committed_lock_holds_the_committed_presets_stages_and_nothing_else(tmp_path):
+    """DVC keeps the entries of stages a preset switch took away; the lock is read and rewritten whole
+    after every stage, so the committed one holds the committed preset's stages only, each with its command."""
+    for name in ("dvc.yaml", "params.yaml"):
+        shutil.copy(ROOT / name, tmp_path / name)
+    subprocess.run([sys.executable, "-m", "dvc", "init", "--no-scm", "-q"], cwd=tmp_path, check=True,
+                   env={**os.environ, "DVC_NO_ANALYTICS": "1"})
+    lock = yaml.load((ROOT / "dvc.lock").read_text(), Loader=yaml.CSafeLoader)["stages"]
+    assert {s.name: s.cmd for s in _stages(tmp_path)} == {k: v["cmd"] for k, v in lock.items()}
+
+
 @pytest.mark.slow
 def test_every_stage_of_every_grid_value_composes(pipeline):
     name, stages = pipeline

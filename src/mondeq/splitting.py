@@ -53,9 +53,11 @@ class SolveStats:
     checks: list = field(default_factory=list)  # per check: (iterations, norms as FixedPointMap's step gives)
 
     @property
-    def sample_iters(self) -> torch.Tensor:
+    def sample_iters(self) -> Optional[torch.Tensor]:
         """Per sample, the iterations after which its checked residual first reached tol; -1: never
-        (worked out when asked: a solve's own work is only its checks)."""
+        (worked out when asked: a solve's own work is only its checks); None before a solve."""
+        if not self.checks:
+            return None
         iters, norms = zip(*self.checks)
         norms = torch.stack(norms)
         reached = norms[:, 0] / (self.eps + norms[:, 1]) <= self.tol
