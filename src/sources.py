@@ -2,9 +2,10 @@
 
 `python -m src.sources --out DIR APP...` writes DIR/APP.json for each app (run, bound, robustness,
 plot): the md5 of every file of src/ that the app imports, found statically (every import statement
-of every module reached, those inside functions too, and `importlib.import_module(f"{__package__}.
-certify.{name}")`: every module of that subpackage), and of every file of conf/ but the experiment
-overlays (each stage names its own). src.run's followers (`then`, imported by an app's name) are not
+of every module reached, those inside functions too; `importlib.import_module(f"{__package__}.
+certify.{name}")`: every module of that subpackage; a name it cannot read is an error; for the Hydra
+apps, the modules conf/'s `_target_`s name), and of every file of conf/ but the experiment overlays
+(each stage names its own). src.run's followers (`then`, imported by an app's name) are not
 followed: the pipeline's training stages run with `then=[]` and the followers as stages of their own.
 
 A stage depends on its app's file instead of listing the sources by hand: no list to forget a module
@@ -19,6 +20,7 @@ import argparse
 import ast
 import hashlib
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -26,6 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SRC = ROOT / "src"
 CONF = ROOT / "conf"
 APPS = ("run", "bound", "robustness", "plot")
+HYDRA_APPS = ("run", "bound", "robustness")  # src.plot parses its arguments itself
 
 
 def module_name(path: Path) -> str:
@@ -53,18 +56,39 @@ def imports_of(path: Path) -> set[str]:
     return found
 
 
-def packages_imported_by_name(path: Path) -> set[str]:
-    """The subpackages whose modules `path` imports by a computed name, `import_module(f"{__package__}.
-    <subpackage>.{name}")`; a computed top-level name (an app) is not one."""
+def imported_by_name(path: Path) -> set[str]:
+    """What `path` imports through `importlib.import_module` or `__import__`: a constant name as it is; a
+    computed one, `f"{__package__}.<subpackage>.{name}"` (or spelled out), as that subpackage, whose
+    modules are then all sources; a computed top-level name names an app (src.run's followers), not a
+    source. A call whose name this cannot read is an error, not a module left out."""
+    name = module_name(path)
+    package = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
     found = set()
     for node in ast.walk(ast.parse(path.read_text(), str(path))):
-        if (isinstance(node, ast.Call) and getattr(node.func, "attr", getattr(node.func, "id", None)) == "import_module"
-                and node.args and isinstance(node.args[0], ast.JoinedStr)):
-            parts = node.args[0].values
-            head = parts[1].value if len(parts) > 1 and isinstance(parts[1], ast.Constant) else ""
-            if head.strip(".") and isinstance(parts[0], ast.FormattedValue) \
-                    and getattr(parts[0].value, "id", None) == "__package__":
-                found.add(f"src.{head.strip('.')}")
+        called = getattr(node, "func", None)
+        if not (isinstance(node, ast.Call) and getattr(called, "attr", getattr(called, "id", None))
+                in ("import_module", "__import__")):
+            continue
+        arg = node.args[0] if node.args else None
+        if isinstance(arg, ast.Constant) and isinstance(arg.value, str):
+            found.add(arg.value)
+            continue
+        prefix = ""  # the constant start of an f-string name, with __package__ read as the package
+        for part in arg.values if isinstance(arg, ast.JoinedStr) else []:
+            if isinstance(part, ast.Constant):
+                prefix += part.value
+            elif isinstance(part, ast.FormattedValue) and getattr(part.value, "id", None) == "__package__":
+                prefix += package
+            else:
+                break
+        if prefix and prefix.split(".")[0] != "src":
+            continue  # another package's module
+        parent = prefix.rpartition(".")[0]
+        if parent.split(".")[0] != "src" or not ROOT.joinpath(*parent.split(".")).is_dir():
+            raise ValueError(f"{path.relative_to(ROOT)}:{node.lineno}: src.sources cannot tell which module "
+                             f"this imports by name; give it a constant name or f\"{{__package__}}.<package>.{{name}}\"")
+        if parent != "src":
+            found.add(parent)
     return found
 
 
@@ -92,10 +116,23 @@ def sources(app: str) -> list[Path]:
         seen.add(path)
         for module in imports_of(path):
             todo += [p for p in _files_of(module) if p not in seen]
-        for package in packages_imported_by_name(path):
-            todo += sorted(ROOT.joinpath(*package.split(".")).rglob("*.py"))
+        for module in imported_by_name(path):
+            folder = ROOT.joinpath(*module.split("."))
+            todo += sorted(folder.rglob("*.py")) if folder.is_dir() else _files_of(module)
+        if path == SRC / f"{app}.py" and app in HYDRA_APPS:  # what Hydra instantiates from conf/
+            todo += [p for module in targets() for p in _files_of(module)]
     configs = [p for p in CONF.rglob("*.yaml") if "experiment" not in p.relative_to(CONF).parts[:1]]
     return sorted(seen) + sorted(configs)
+
+
+def targets() -> set[str]:
+    """The src modules named by a `_target_` in conf/ (the module of `src.<module>.<object>`)."""
+    found = set()
+    for config in CONF.rglob("*.yaml"):
+        for target in re.findall(r"_target_:\s*['\"]?(src(?:\.\w+)+)", config.read_text()):
+            parts = target.split(".")
+            found |= {".".join(parts[:i]) for i in range(len(parts), 1, -1) if _files_of(".".join(parts[:i]))}
+    return found
 
 
 def manifest(app: str) -> dict:

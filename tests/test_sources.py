@@ -47,8 +47,34 @@ def test_the_certificates_imported_by_name_are_robustness_sources():
     certificates = _relative((sources.SRC / "certify").glob("*.py"))
     assert certificates <= _relative(sources.sources("robustness"))
     assert "src/certify/local.py" not in _relative(sources.sources("bound"))
-    assert sources.packages_imported_by_name(sources.SRC / "robustness.py") == {"src.certify"}
-    assert sources.packages_imported_by_name(sources.SRC / "run.py") == set()  # its followers: apps
+    assert sources.imported_by_name(sources.SRC / "robustness.py") == {"src.certify"}
+    assert sources.imported_by_name(sources.SRC / "run.py") == set()  # its followers: apps
+
+
+def test_a_name_it_cannot_read_is_an_error_and_hydras_targets_are_sources(tmp_path, monkeypatch):
+    (tmp_path / "src" / "pkg").mkdir(parents=True)
+    (tmp_path / "conf").mkdir()
+    for name in ("src/__init__.py", "src/pkg/__init__.py", "src/pkg/a.py", "src/pkg/b.py", "src/made.py"):
+        (tmp_path / name).write_text("")
+    (tmp_path / "conf" / "config.yaml").write_text("logger:\n  _target_: src.made.factory\n")
+    monkeypatch.setattr(sources, "ROOT", tmp_path)
+    monkeypatch.setattr(sources, "SRC", tmp_path / "src")
+    monkeypatch.setattr(sources, "CONF", tmp_path / "conf")
+    (tmp_path / "src" / "run.py").write_text(
+        "import importlib\n"
+        "def f(name):\n"
+        "    importlib.import_module(f'{__package__}.pkg.{name}')\n"  # the whole subpackage
+        "    importlib.import_module('src.made')\n"  # as it is
+        "    importlib.import_module(f'{__package__}.{name}')\n"  # an app
+        "    importlib.import_module(f'numpy.{name}')\n")  # not ours
+    assert _relative(sources.sources("run")) >= {"src/pkg/a.py", "src/pkg/b.py", "src/made.py", "conf/config.yaml"}
+    assert _relative(sources.sources("run")) - {"conf/config.yaml"} == \
+        {"src/__init__.py", "src/run.py", "src/made.py", "src/pkg/__init__.py", "src/pkg/a.py", "src/pkg/b.py"}
+    (tmp_path / "src" / "plot.py").write_text("")
+    assert "src/made.py" not in _relative(sources.sources("plot"))  # Hydra instantiates for Hydra apps only
+    (tmp_path / "src" / "bound.py").write_text("import importlib\nname = 'src.made'\nimportlib.import_module(name)\n")
+    with pytest.raises(ValueError, match=r"src/bound.py:3: src.sources cannot tell which module"):
+        sources.sources("bound")
 
 
 def test_a_manifest_changes_exactly_when_one_of_its_sources_does(tmp_path, monkeypatch):
