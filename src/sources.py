@@ -36,11 +36,16 @@ def module_name(path: Path) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
+def _package_of(path: Path) -> str:
+    """The package a module's relative imports and `__package__` refer to."""
+    name = module_name(path)
+    return name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
+
+
 def imports_of(path: Path) -> set[str]:
     """Absolute names of the src modules `path` imports, anywhere in it (relative imports resolved; for
     `from X import name`, both X and X.name: a name may be a module)."""
-    name = module_name(path)
-    package = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
+    package = _package_of(path)
     found = set()
     for node in ast.walk(ast.parse(path.read_text(), str(path))):
         if isinstance(node, ast.Import):
@@ -61,8 +66,7 @@ def imported_by_name(path: Path) -> set[str]:
     computed one, `f"{__package__}.<subpackage>.{name}"` (or spelled out), as that subpackage, whose
     modules are then all sources; a computed top-level name names an app (src.run's followers), not a
     source. A call whose name this cannot read is an error, not a module left out."""
-    name = module_name(path)
-    package = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
+    package = _package_of(path)
     found = set()
     for node in ast.walk(ast.parse(path.read_text(), str(path))):
         called = getattr(node, "func", None)

@@ -59,8 +59,7 @@ class SolveStats:
         if not self.checks:
             return None
         iters, norms = zip(*self.checks)
-        norms = torch.stack(norms)
-        reached = norms[:, 0] / (self.eps + norms[:, 1]) <= self.tol
+        reached = _relative(torch.stack(norms), self.eps) <= self.tol
         first = torch.tensor(iters, device=reached.device)[reached.to(torch.uint8).argmax(0)]
         return torch.where(reached.any(0), first, -1)
 
@@ -186,6 +185,11 @@ class FixedPointMap:
     eps: float = _EPS
 
 
+def _relative(norms: torch.Tensor, eps: float) -> torch.Tensor:
+    """Each sample's relative residual from its norms (..., 2, samples) as a map's check gives them."""
+    return norms[..., 0, :] / (eps + norms[..., 1, :])
+
+
 class Residual:
     """A map's check buffer: `diff` and `ref` written in place, then one norm pass gives both per sample."""
 
@@ -258,7 +262,7 @@ def solve(fp: FixedPointMap, tol: float, max_iter: int, check_every: int, anders
         if stats.residual <= tol:
             stats.converged = True
             break
-    relative = stats.sample_residuals = norms[0] / (fp.eps + norms[1])
+    relative = stats.sample_residuals = _relative(norms, fp.eps)
     # one more host sync per solve for the per-sample count
     count, worst = torch.stack([(relative <= tol).sum().to(relative.dtype), relative.max()]).tolist()
     stats.samples, stats.converged_samples, stats.worst_sample_residual = len(relative), int(count), worst
